@@ -1,0 +1,247 @@
+//! Fixtures for podwire's privileged tests.
+//!
+//! Every privileged test builds its own throwaway *node* namespace (and pod namespaces
+//! beside it) with a unique name, so the host's links, routes and firewall are never
+//! touched and tests can run in parallel. Everything is removed on drop, which also runs
+//! when a test panics; namespaces left by a killed earlier run are swept on the next run.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use netns::NetNs;
+
+/// Prefix of every namespace the tests create: `pwt-<pid>-<n>-<tag>`.
+pub const PREFIX: &str = "pwt-";
+
+/// Fail loudly (never skip) when a privileged test cannot run.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this is a privileged test: it needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN). \
+             Run `make test` as root; it never passes by skipping."
+        );
+    }
+}
+
+/// Fail loudly if a tool the test drives is missing.
+pub fn require_tool(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if !found {
+        panic!("required tool `{tool}` is not installed; run `make deps` (as root)");
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A unique name for this process: `pwt-<pid>-<n>-<tag>`.
+pub fn unique_name(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{PREFIX}{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Remove `pwt-<pid>-*` namespaces whose creating test process is dead (a killed run).
+pub fn sweep_stale() {
+    let Ok(names) = netns::list() else { return };
+    for name in names {
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = netns::remove(&name);
+        }
+    }
+}
+
+/// Run a command, returning its output; panics with the output if it could not start.
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+/// Run a command that must succeed; returns stdout.
+pub fn ok(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "`{cmd} {}` failed ({}):\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Poll `f` until it returns Some, or panic after `limit` (a safety bound, not a timing
+/// assertion: limits are generous).
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A named network namespace owned by a test, removed on drop.
+pub struct Ns {
+    pub name: String,
+    pub ns: NetNs,
+}
+
+impl Ns {
+    pub fn new(tag: &str) -> Ns {
+        require_root();
+        sweep_stale();
+        let name = unique_name(tag);
+        let ns = netns::create(&name).unwrap_or_else(|e| panic!("create netns {name}: {e}"));
+        let me = Ns { name, ns };
+        me.ok("ip", &["link", "set", "lo", "up"]);
+        me
+    }
+
+    pub fn path(&self) -> PathBuf {
+        netns::path_of(&self.name).expect("valid name")
+    }
+
+    /// Run a command inside this namespace (via nsenter, so no mount namespace games).
+    pub fn run(&self, cmd: &str, args: &[&str]) -> Output {
+        let net = format!("--net={}", self.path().display());
+        let mut a = vec![net.as_str(), "--", cmd];
+        a.extend_from_slice(args);
+        run("nsenter", &a)
+    }
+
+    /// Run a command inside this namespace that must succeed; returns stdout.
+    pub fn ok(&self, cmd: &str, args: &[&str]) -> String {
+        let net = format!("--net={}", self.path().display());
+        let mut a = vec![net.as_str(), "--", cmd];
+        a.extend_from_slice(args);
+        ok("nsenter", &a)
+    }
+
+    /// Names of the links in this namespace.
+    pub fn links(&self) -> Vec<String> {
+        self.ok("ip", &["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        if let Err(e) = netns::remove(&self.name) {
+            eprintln!("fixture: cannot remove netns {}: {e}", self.name);
+        }
+    }
+}
+
+/// A throwaway Kubernetes "node": its own network namespace, plus pod namespaces that
+/// tests wire to it. Dropping the node removes the pods, then the node; whatever the
+/// tests created inside (bridges, veths, iptables rules) dies with the namespaces.
+pub struct Node {
+    pub node: Ns,
+    pub pods: Vec<Ns>,
+}
+
+impl Node {
+    pub fn new(tag: &str) -> Node {
+        Node {
+            node: Ns::new(&format!("{tag}-node")),
+            pods: Vec::new(),
+        }
+    }
+
+    /// A new pod namespace (lo up), owned by the node fixture; returns its index.
+    pub fn add_pod(&mut self, tag: &str) -> usize {
+        self.pods.push(Ns::new(tag));
+        self.pods.len() - 1
+    }
+
+    pub fn pod(&self, i: usize) -> &Ns {
+        &self.pods[i]
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Pods first: their veth peers vanish with them, then the node and its bridge.
+        self.pods.clear();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique_name(tag));
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A workspace binary built by `cargo build --workspace --bins` (which `make test` runs
+/// first), found next to the test executable: target/<profile>/<name>.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the binaries first (`make build`, which `make test` does)",
+        p.display()
+    );
+    p
+}
+
+/// The static pause binary (`make pause` writes target/pause/pause), or $PODWIRE_PAUSE.
+pub fn pause_bin() -> PathBuf {
+    let p = std::env::var_os("PODWIRE_PAUSE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/pause/pause"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make pause` (make test does)",
+        p.display()
+    );
+    p
+}
