@@ -71,7 +71,11 @@ fn sys_err(op: &'static str, path: impl Into<PathBuf>, e: Errno) -> Error {
     let path = path.into();
     match e {
         Errno::EPERM | Errno::EACCES => Error::Permission { op, path },
-        _ => Error::Sys { op, path, source: e },
+        _ => Error::Sys {
+            op,
+            path,
+            source: e,
+        },
     }
 }
 
@@ -79,7 +83,11 @@ fn io_err(op: &'static str, path: impl Into<PathBuf>, e: io::Error) -> Error {
     let path = path.into();
     match e.kind() {
         io::ErrorKind::PermissionDenied => Error::Permission { op, path },
-        _ => Error::Io { op, path, source: e },
+        _ => Error::Io {
+            op,
+            path,
+            source: e,
+        },
     }
 }
 
@@ -279,8 +287,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 pub fn run_in<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> Result<T> {
     let label = ns.to_string();
     on_own_thread(&label, || -> Result<T> {
-        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|e| sys_err("setns", ns.path(), e))?;
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| sys_err("setns", ns.path(), e))?;
         Ok(f())
     })?
 }
@@ -289,14 +296,18 @@ pub fn run_in<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> Result<T> {
 /// `ip netns add` does, so mounts under it propagate to other mount namespaces.
 fn ensure_run_dir() -> Result<()> {
     let dir = Path::new(NETNS_RUN_DIR);
-    match fs::DirBuilder::new().recursive(true).mode(0o755).create(dir) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) => return Err(io_err("mkdir", dir, e)),
     }
     // Serialise the check-and-mount across processes (iproute2 races here; we do not).
     let d = File::open(dir).map_err(|e| io_err("open", dir, e))?;
-    let _lock = Flock::lock(d, FlockArg::LockExclusive)
-        .map_err(|(_, e)| sys_err("flock", dir, e))?;
+    let _lock =
+        Flock::lock(d, FlockArg::LockExclusive).map_err(|(_, e)| sys_err("flock", dir, e))?;
     let mut bound = false;
     loop {
         match mount(
@@ -347,7 +358,8 @@ pub fn create(name: &str) -> Result<NetNs> {
         return Err(Error::Exists { name: name.into() });
     }
     let mounted = on_own_thread(name, || -> Result<()> {
-        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| sys_err("unshare(CLONE_NEWNET)", &path, e))?;
+        unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| sys_err("unshare(CLONE_NEWNET)", &path, e))?;
         mount(
             Some("/proc/thread-self/ns/net"),
             &path,
@@ -503,7 +515,13 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["a", "pod-1", "cni-47c62aa2-0000", "netns-x.y_z", &"n".repeat(128)] {
+        for ok in [
+            "a",
+            "pod-1",
+            "cni-47c62aa2-0000",
+            "netns-x.y_z",
+            &"n".repeat(128),
+        ] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
         let bad = [
@@ -522,7 +540,12 @@ mod tests {
             assert!(e.contains(why), "{name:?}: {e}");
         }
         let long = "n".repeat(129);
-        assert!(validate_name(&long).unwrap_err().to_string().contains("128"));
+        assert!(
+            validate_name(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("128")
+        );
         assert_eq!(path_of("x").unwrap(), Path::new("/run/netns/x"));
     }
 
@@ -537,10 +560,20 @@ mod tests {
             Error::Permission { .. }
         ));
         let e = sys_err("mount", "/x", Errno::EBUSY);
-        assert!(matches!(e, Error::Sys { source: Errno::EBUSY, .. }));
+        assert!(matches!(
+            e,
+            Error::Sys {
+                source: Errno::EBUSY,
+                ..
+            }
+        ));
         assert!(e.to_string().starts_with("mount /x: "));
         assert!(std::error::Error::source(&e).is_some());
-        let e = io_err("open", "/y", io::Error::from(io::ErrorKind::PermissionDenied));
+        let e = io_err(
+            "open",
+            "/y",
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
         assert!(e.to_string().contains("CAP_SYS_ADMIN"));
     }
 
@@ -549,8 +582,14 @@ mod tests {
         let mi = "22 1 0:5 / /proc rw - proc proc rw\n\
                   400 30 0:4 net:[4026532281] /run/netns/a rw shared:5 - nsfs nsfs rw\n\
                   401 30 0:4 mnt:[4026532999] /run/x rw - nsfs nsfs rw\n";
-        assert_eq!(mountinfo_nsfs_kind(mi, ":[4026532281]").as_deref(), Some("net"));
-        assert_eq!(mountinfo_nsfs_kind(mi, ":[4026532999]").as_deref(), Some("mnt"));
+        assert_eq!(
+            mountinfo_nsfs_kind(mi, ":[4026532281]").as_deref(),
+            Some("net")
+        );
+        assert_eq!(
+            mountinfo_nsfs_kind(mi, ":[4026532999]").as_deref(),
+            Some("mnt")
+        );
         assert_eq!(mountinfo_nsfs_kind(mi, ":[1]"), None);
     }
 
@@ -573,7 +612,10 @@ mod tests {
         let b = NetNs::open(format!("/proc/{}/ns/net", std::process::id())).unwrap();
         assert_eq!(a, b);
         assert!(a.inode() > 0);
-        assert!(matches!(NetNs::from_pid(0), Err(Error::NoProcess { pid: 0 })));
+        assert!(matches!(
+            NetNs::from_pid(0),
+            Err(Error::NoProcess { pid: 0 })
+        ));
         assert!(matches!(
             NetNs::from_pid(i32::MAX),
             Err(Error::NoProcess { .. })

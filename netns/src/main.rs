@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "netns", version, about = "Create, pin, enter and remove network namespaces (ip netns compatible)")]
+#[command(
+    name = "netns",
+    version,
+    about = "Create, pin, enter and remove network namespaces (ip netns compatible)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -76,7 +80,11 @@ fn run(cmd: Cmd) -> netns::Result<ExitCode> {
             let err = netns::exec_in(&ns, program, args);
             eprintln!("netns: {err}");
             let code = match &err {
-                netns::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
+                netns::Error::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    127
+                }
                 netns::Error::Io { .. } | netns::Error::Permission { op: "exec", .. } => 126,
                 _ => 1,
             };

@@ -194,7 +194,9 @@ mod tests {
             let blocked = m & (1u64 << (sig - 1)) != 0;
             assert_eq!(blocked, !SYNC_FAULTS.contains(&sig), "signal {sig}");
         }
-        for sig in [SIGTERM, SIGINT, SIGCHLD, SIGHUP, SIGUSR1, SIGQUIT, SIGPIPE, 34, 64] {
+        for sig in [
+            SIGTERM, SIGINT, SIGCHLD, SIGHUP, SIGUSR1, SIGQUIT, SIGPIPE, 34, 64,
+        ] {
             assert!(m & (1u64 << (sig - 1)) != 0, "signal {sig} must be blocked");
         }
     }
@@ -204,7 +206,15 @@ mod tests {
         assert_eq!(action_for(SIGTERM), Action::Exit);
         assert_eq!(action_for(SIGINT), Action::Exit);
         assert_eq!(action_for(SIGCHLD), Action::Reap);
-        for sig in [SIGHUP, SIGQUIT, SIGUSR1, SIGPIPE, libc::SIGUSR2, libc::SIGWINCH, 40] {
+        for sig in [
+            SIGHUP,
+            SIGQUIT,
+            SIGUSR1,
+            SIGPIPE,
+            libc::SIGUSR2,
+            libc::SIGWINCH,
+            40,
+        ] {
             assert_eq!(action_for(sig), Action::Ignore, "signal {sig}");
         }
     }
@@ -222,8 +232,14 @@ mod tests {
 
     #[test]
     fn shutdown_lines() {
-        assert_eq!(shutdown_line(SIGINT), b"Shutting down, got signal: Interrupt\n");
-        assert_eq!(shutdown_line(SIGTERM), b"Shutting down, got signal: Terminated\n");
+        assert_eq!(
+            shutdown_line(SIGINT),
+            b"Shutting down, got signal: Interrupt\n"
+        );
+        assert_eq!(
+            shutdown_line(SIGTERM),
+            b"Shutting down, got signal: Terminated\n"
+        );
         assert!(VERSION_LINE.starts_with("pause ") && VERSION_LINE.ends_with('\n'));
     }
 
@@ -236,7 +252,10 @@ mod tests {
     #[test]
     fn raw_write_and_errors() {
         // fd 1_000_000 is never open: EBADF comes back as Errno, not a panic.
-        assert_eq!(sys::write(1_000_000, b"x"), Err(sys::Errno(libc::EBADF as isize)));
+        assert_eq!(
+            sys::write(1_000_000, b"x"),
+            Err(sys::Errno(libc::EBADF as isize))
+        );
     }
 
     #[test]

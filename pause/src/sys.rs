@@ -98,7 +98,15 @@ pub fn wait_signal(mask: u64) -> Result<i32, Errno> {
 /// has exited, Err(ECHILD) if there are no children.
 pub fn reap_one() -> Result<i32, Errno> {
     // SAFETY: status and rusage pointers are NULL, which wait4 accepts.
-    let ret = unsafe { syscall4(nr::WAIT4, usize::MAX /* -1: any child */, 0, WNOHANG, 0) };
+    let ret = unsafe {
+        syscall4(
+            nr::WAIT4,
+            usize::MAX, /* -1: any child */
+            0,
+            WNOHANG,
+            0,
+        )
+    };
     check(ret).map(|p| p as i32)
 }
 
@@ -147,6 +155,7 @@ impl Args {
     /// # Safety
     /// `sp` must point at the initial process stack laid out by the kernel
     /// (argc, then argc pointers to NUL-terminated strings).
+    #[cfg_attr(not(feature = "bin"), allow(dead_code))]
     unsafe fn from_stack(sp: *const usize) -> Args {
         // SAFETY: per the function contract, sp[0] is argc and argv follows it.
         unsafe {

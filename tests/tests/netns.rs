@@ -1,5 +1,7 @@
 //! Privileged tests of the netns library and CLI against the real kernel and iproute2.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,16 +35,21 @@ fn cli_add_exec_del_and_iproute2_sees_it() {
     let _c = Cleanup(name.clone());
     let out = netns_cli(&["add", &name]);
     assert!(out.status.success(), "{out:?}");
-    assert!(ip_netns_list().contains(&name), "ip netns list must show {name}");
+    assert!(
+        ip_netns_list().contains(&name),
+        "ip netns list must show {name}"
+    );
     assert!(netns_cli(&["list"]).stdout.starts_with(b"pwt-") || !ip_netns_list().is_empty());
     let listed = String::from_utf8(netns_cli(&["list"]).stdout).unwrap();
     assert!(listed.lines().any(|l| l == name));
 
     // A process run with exec sees only lo, through netlink and through /sys.
-    let links = String::from_utf8(netns_cli(&["exec", &name, "--", "ip", "-o", "link"]).stdout).unwrap();
+    let links =
+        String::from_utf8(netns_cli(&["exec", &name, "--", "ip", "-o", "link"]).stdout).unwrap();
     let names: Vec<_> = links.lines().filter_map(|l| l.split(": ").nth(1)).collect();
     assert_eq!(names, ["lo"], "{links}");
-    let sys = String::from_utf8(netns_cli(&["exec", &name, "ls", "/sys/class/net"]).stdout).unwrap();
+    let sys =
+        String::from_utf8(netns_cli(&["exec", &name, "ls", "/sys/class/net"]).stdout).unwrap();
     assert_eq!(sys.split_whitespace().collect::<Vec<_>>(), ["lo"]);
     // iproute2 can enter ours.
     ok("ip", &["netns", "exec", &name, "true"]);
@@ -59,7 +66,12 @@ fn iproute2_namespaces_open_and_delete_both_ways() {
     let theirs = unique_name("ip");
     let _c = Cleanup(theirs.clone());
     ok("ip", &["netns", "add", &theirs]);
-    ok("ip", &["netns", "exec", &theirs, "ip", "link", "add", "pwmark0", "type", "bridge"]);
+    ok(
+        "ip",
+        &[
+            "netns", "exec", &theirs, "ip", "link", "add", "pwmark0", "type", "bridge",
+        ],
+    );
     let ns = NetNs::from_name(&theirs).expect("open iproute2's namespace");
     let links = netns::run_in(&ns, || ok("ip", &["-o", "link"])).unwrap();
     assert!(links.contains("pwmark0"), "{links}");
@@ -93,10 +105,23 @@ fn cli_exit_codes_and_messages() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 
-    assert_eq!(netns_cli(&["exec", &name, "--", "sh", "-c", "exit 7"]).status.code(), Some(7));
-    assert_eq!(netns_cli(&["exec", &name, "--", "/nonexistent/cmd"]).status.code(), Some(127));
+    assert_eq!(
+        netns_cli(&["exec", &name, "--", "sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
+    assert_eq!(
+        netns_cli(&["exec", &name, "--", "/nonexistent/cmd"])
+            .status
+            .code(),
+        Some(127)
+    );
     assert_eq!(netns_cli(&["frobnicate"]).status.code(), Some(2));
-    assert_eq!(netns_cli(&["pin", &unique_name("x"), "0"]).status.code(), Some(1));
+    assert_eq!(
+        netns_cli(&["pin", &unique_name("x"), "0"]).status.code(),
+        Some(1)
+    );
     assert!(netns_cli(&["del", &name]).status.success());
 }
 
@@ -104,7 +129,10 @@ fn cli_exit_codes_and_messages() {
 fn open_errors_are_distinct() {
     require_root();
     let missing = unique_name("missing");
-    assert!(matches!(NetNs::from_name(&missing), Err(netns::Error::NotFound { .. })));
+    assert!(matches!(
+        NetNs::from_name(&missing),
+        Err(netns::Error::NotFound { .. })
+    ));
     // A leftover plain file in /run/netns (as after a crash) is "not a namespace".
     std::fs::create_dir_all("/run/netns").unwrap();
     let plain = unique_name("plain");
@@ -134,11 +162,24 @@ fn pinned_namespace_outlives_its_process() {
     let ns = wait_for("child netns", Duration::from_secs(10), || {
         NetNs::from_pid(pid).ok().filter(|ns| *ns != host)
     });
-    ok("nsenter", &[&format!("--net=/proc/{pid}/ns/net"), "ip", "link", "add", "pwmark1", "type", "bridge"]);
+    ok(
+        "nsenter",
+        &[
+            &format!("--net=/proc/{pid}/ns/net"),
+            "ip",
+            "link",
+            "add",
+            "pwmark1",
+            "type",
+            "bridge",
+        ],
+    );
     let out = netns_cli(&["pin", &name, &pid.to_string()]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
-        String::from_utf8(netns_cli(&["identify", &pid.to_string()]).stdout).unwrap().trim(),
+        String::from_utf8(netns_cli(&["identify", &pid.to_string()]).stdout)
+            .unwrap()
+            .trim(),
         name
     );
     drop(ns);
@@ -146,13 +187,19 @@ fn pinned_namespace_outlives_its_process() {
     child.wait().unwrap();
     assert!(NetNs::from_pid(pid).is_err(), "process is gone");
     let links = ok("ip", &["netns", "exec", &name, "ip", "-o", "link"]);
-    assert!(links.contains("pwmark1"), "pinned namespace survived: {links}");
+    assert!(
+        links.contains("pwmark1"),
+        "pinned namespace survived: {links}"
+    );
     // Pinning the same namespace again under the same name is a no-op.
     let pinned = NetNs::from_name(&name).unwrap();
     assert_eq!(netns::pin(&name, &pinned).unwrap(), pinned);
     // A different namespace under a taken name is refused.
     let other = NetNs::new_anonymous().unwrap();
-    assert!(matches!(netns::pin(&name, &other), Err(netns::Error::Exists { .. })));
+    assert!(matches!(
+        netns::pin(&name, &other),
+        Err(netns::Error::Exists { .. })
+    ));
     netns::remove(&name).unwrap();
 }
 
@@ -174,7 +221,9 @@ fn run_in_from_many_threads_never_moves_the_caller() {
                 assert_eq!(NetNs::current().unwrap(), before, "caller thread unchanged");
             }
             // Netlink opened inside belongs to the namespace.
-            let links = netns::run_in(&a.ns, || std::fs::read_dir("/sys/class/net").map(|d| d.count()));
+            let links = netns::run_in(&a.ns, || {
+                std::fs::read_dir("/sys/class/net").map(|d| d.count())
+            });
             assert!(links.is_ok());
         }));
     }
@@ -196,18 +245,28 @@ fn run_in_panic_becomes_error_and_sysctl_is_per_namespace() {
         other => panic!("expected Panicked, got {other:?}"),
     }
     // /proc/sys/net opened inside refers to the namespace (pitfall 4).
-    netns::run_in(&a.ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
-        .unwrap()
-        .unwrap();
-    let inside = netns::run_in(&a.ns, || std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
-        .unwrap()
-        .unwrap();
+    netns::run_in(&a.ns, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+    })
+    .unwrap()
+    .unwrap();
+    let inside = netns::run_in(&a.ns, || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+    })
+    .unwrap()
+    .unwrap();
     assert_eq!(inside.trim(), "1");
     let fresh = NetNs::new_anonymous().unwrap();
-    let other = netns::run_in(&fresh, || std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
-        .unwrap()
-        .unwrap();
-    assert_eq!(other.trim(), "0", "a new namespace starts with forwarding off");
+    let other = netns::run_in(&fresh, || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        other.trim(),
+        "0",
+        "a new namespace starts with forwarding off"
+    );
 }
 
 #[test]
@@ -223,11 +282,15 @@ fn remove_while_held_by_another_mount_namespace_never_hangs() {
         .spawn()
         .expect("unshare");
     let pid = holder.id();
-    wait_for("holder in its mount namespace", Duration::from_secs(10), || {
-        let mine = std::fs::read_link("/proc/self/ns/mnt").ok()?;
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
-        (mine != theirs).then_some(())
-    });
+    wait_for(
+        "holder in its mount namespace",
+        Duration::from_secs(10),
+        || {
+            let mine = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
+            (mine != theirs).then_some(())
+        },
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     let n2 = name.clone();
     std::thread::spawn(move || {
@@ -286,7 +349,8 @@ fn node_fixture_cleans_up_on_panic() {
         let p = node.add_pod("fxpod");
         names.lock().unwrap().push(node.node.name.clone());
         names.lock().unwrap().push(node.pod(p).name.clone());
-        node.node.ok("ip", &["link", "add", "pwbr0", "type", "bridge"]);
+        node.node
+            .ok("ip", &["link", "add", "pwbr0", "type", "bridge"]);
         panic!("test failure inside the fixture");
     });
     assert!(r.is_err());

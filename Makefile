@@ -1,0 +1,79 @@
+# podwire: the verbs a person types. Privileged targets (test, demo, bench) need root.
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+PAUSE := target/pause/pause
+PAUSE_IMAGE := out/pause-image.tar
+PAUSE_REF ?= localhost/podwire/pause:$(VERSION)
+
+# Debian packages the project drives or measures against.
+DEB_PKGS := iproute2 iptables runc busybox-static catatonit containernetworking-plugins \
+	podman netavark util-linux procps psmisc file binutils tar gzip hyperfine
+
+.PHONY: all build pause pause-image test unit-test privileged-test demo bench lint fmt deps install clean
+
+all: build
+
+## build: every binary (debug, for tests) and the static pause
+build: pause
+	$(CARGO) build --workspace --bins
+
+## pause: the no_std static pause binary (its own profile: panic=abort, static, no libc)
+pause:
+	$(CARGO) rustc -p pause --bin pause --profile pause --features bin -- -C relocation-model=static
+	@ls -l $(PAUSE)
+
+## pause-image: a one-layer OCI image archive holding only /pause
+pause-image: pause
+	pause/mk-image.sh $(PAUSE) $(PAUSE_REF) $(PAUSE_IMAGE)
+
+## test: unit tests, then privileged tests (root) against the real kernel and runtimes
+test: build unit-test privileged-test
+
+unit-test:
+	$(CARGO) test --workspace --exclude podwire-tests
+
+privileged-test:
+	@if [ "$$(id -u)" != 0 ]; then echo "make test: the privileged tests need root" >&2; exit 1; fi
+	$(CARGO) test -p podwire-tests
+
+## demo: what podwire does, live, inside throwaway namespaces
+demo: deps build
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root" >&2; exit 1; fi
+	tests/demo.sh
+
+## bench: benchmarks (root); figures go to BENCHMARKS.md by hand, with the method
+bench: deps pause
+	$(CARGO) build --release -p podwire-tests --bin pause-bench
+	target/release/pause-bench --pause $(PAUSE) --catatonit /usr/bin/catatonit
+
+## lint: formatting and clippy, warnings are errors (pause's binary is linted on its own)
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p pause --bin pause --profile pause --features bin -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## deps: install the Debian packages that are missing (idempotent; root)
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "deps: all present"; fi
+
+## install: binaries to $(PREFIX)/bin (CNI plugin dir and hooks are set up per README)
+install: pause
+	$(CARGO) build --release --workspace --bins
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(PAUSE) $(DESTDIR)$(PREFIX)/bin/pause
+	install -m 0755 target/release/netns $(DESTDIR)$(PREFIX)/bin/netns
+
+clean:
+	$(CARGO) clean
+	rm -rf out
