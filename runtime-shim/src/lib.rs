@@ -1,1 +1,217 @@
+//! runtime-shim: wire a pod's network namespace to a docker0-style bridge, and unwire it.
+//!
+//! Setup validates the whole config first ([`config`]), decides what to create in pure
+//! code ([`plan`]), reserves addresses ([`ipam`], host-local's on-disk layout), then talks
+//! netlink directly ([`link`]): one veth request creates the pair with its peer already
+//! inside the pod, named `eth0`, enslaved and up. Masquerade is one rule per network
+//! ([`masq`]). Every step pushes an undo; a failure unwinds them all ([`apply`]).
+//! Teardown needs only the container id: the host veth name is a hash of it.
 #![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+pub mod apply;
+pub mod config;
+pub mod ipam;
+pub mod link;
+pub mod masq;
+pub mod plan;
+pub mod result;
+
+pub use apply::{check, setup, teardown};
+pub use config::{NetConf, Network};
+pub use result::CniResult;
+
+/// Everything that can go wrong in runtime-shim.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Malformed JSON (the position is in the message).
+    #[error("cannot parse network config: {0}")]
+    Decode(#[source] serde_json::Error),
+    /// A config field failed validation; `field` is its JSON path.
+    #[error("invalid network config: {field}: {reason}")]
+    Config { field: String, reason: String },
+    /// A request argument (container id, ifname, netns path) is invalid.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "missing capability {cap}: runtime-shim needs CAP_NET_ADMIN and CAP_SYS_ADMIN (run as root)"
+    )]
+    Capability { cap: &'static str },
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    /// A netlink request failed.
+    #[error("{op}: {source}")]
+    Netlink {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("IPAM: no free address left in {range} for network {network:?}")]
+    Exhausted { network: String, range: String },
+    #[error(
+        "container {id} interface {ifname} is already set up (host veth {veth} exists); \
+         tear it down first"
+    )]
+    AlreadySetUp {
+        id: String,
+        ifname: String,
+        veth: String,
+    },
+    #[error("{cmd} failed: {stderr}")]
+    Command { cmd: String, stderr: String },
+    #[error("check failed: {0}")]
+    Check(String),
+    /// A setup step failed; everything the call had created was undone.
+    #[error("setup failed at step '{step}' (everything this call created was removed): {source}")]
+    Step {
+        step: String,
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+    /// The innermost error, below any `Step` wrappers.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Step { source, .. } => source.root(),
+            e => e,
+        }
+    }
+}
+
+/// Fail early, with a clear message, when the process lacks what setup and teardown need.
+pub fn check_capabilities() -> Result<()> {
+    use caps::{CapSet, Capability};
+    for (cap, name) in [
+        (Capability::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (Capability::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ] {
+        if !caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false) {
+            return Err(Error::Capability { cap: name });
+        }
+    }
+    Ok(())
+}
+
+/// Container ids: what CNI allows (alphanumerics plus `_.-`, starting alphanumeric), so an
+/// id can never smuggle a path or a newline into state files or rule comments.
+pub fn validate_container_id(id: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Error::Invalid {
+            what: "container id",
+            value: id.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if id.is_empty() {
+        return bad("must not be empty");
+    }
+    if id.len() > 256 {
+        return bad("longer than 256 bytes");
+    }
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return bad("must start with a letter or digit");
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return bad("only letters, digits, '_', '.' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Interface names: at most 15 bytes, no '/', whitespace, ':' or control characters.
+pub fn validate_ifname(what: &'static str, name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > 15 {
+        "longer than 15 bytes (the kernel's IFNAMSIZ)"
+    } else if name == "." || name == ".." {
+        "must not be '.' or '..'"
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        "must not contain '/', ':', whitespace or control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Invalid {
+        what,
+        value: name.to_string(),
+        reason: reason.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids() {
+        for ok in ["a", "abc123", "rc-runc-sbx-a", "k8s_POD.1", &"f".repeat(64)] {
+            validate_container_id(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "-x",
+            "../etc",
+            "a/b",
+            "a b",
+            "a\nb",
+            "a\"b",
+            &"x".repeat(257),
+        ] {
+            assert!(validate_container_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ifnames() {
+        validate_ifname("ifname", "eth0").unwrap();
+        validate_ifname("ifname", "abcdefghijklmno").unwrap();
+        for bad in ["", "abcdefghijklmnop", "a/b", "a b", "a:b", ".", ".."] {
+            let e = validate_ifname("ifname", bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid ifname"), "{e}");
+        }
+    }
+
+    #[test]
+    fn step_root() {
+        let e = Error::Step {
+            step: "x".into(),
+            source: Box::new(Error::Check("inner".into())),
+        };
+        assert!(matches!(e.root(), Error::Check(_)));
+        assert!(e.to_string().contains("step 'x'"));
+    }
+}

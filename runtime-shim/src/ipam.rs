@@ -1,0 +1,429 @@
+//! File-backed IPAM with CNI host-local's on-disk layout, so either can read the other's
+//! state: `<dataDir>/<network>/` holds one file per reserved address, named by the address
+//! and holding `"<containerID>\r\n<ifname>"`, a `last_reserved_ip.<set>` file per range set
+//! (allocation is round-robin after it), and a `lock` file. Every operation holds an
+//! exclusive flock on `lock`, so concurrent invocations never hand out one address twice.
+//!
+//! Records are written crash-safely: content goes to a temporary file first, which is then
+//! hard-linked to the address's name (`link` fails atomically if the name exists), so a
+//! record is never seen half-written. Nothing here follows a symlink planted in the dir.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::config::{Network, Range, next_ip};
+use crate::{Error, Result};
+
+const LINE_BREAK: &str = "\r\n";
+const LAST_RESERVED: &str = "last_reserved_ip.";
+
+/// One reserved address and the range it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub ip: IpAddr,
+    pub range: Range,
+    pub set: usize,
+}
+
+/// The per-network state directory, locked for as long as this value lives.
+pub struct Store {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+fn nofollow() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.custom_flags(nix::libc::O_NOFOLLOW);
+    o
+}
+
+impl Store {
+    /// Open (creating it if needed) and lock the state directory of `network`.
+    pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
+        let dir = data_dir.join(network);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|e| Error::io("create IPAM dir", &dir, e))?;
+        let meta = fs::symlink_metadata(&dir).map_err(|e| Error::io("stat", &dir, e))?;
+        if !meta.is_dir() {
+            return Err(Error::io(
+                "IPAM dir is not a directory (a symlink?)",
+                &dir,
+                io::Error::from(io::ErrorKind::InvalidInput),
+            ));
+        }
+        let lock_path = dir.join("lock");
+        let f = nofollow()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open IPAM lock", &lock_path, e))?;
+        let lock = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::io("lock", &lock_path, e.into()))?;
+        Ok(Store { dir, _lock: lock })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn record_path(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+
+    /// Reserve `ip` for (id, ifname). Ok(false) if it is already taken.
+    pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool> {
+        let tmp = self.dir.join(format!(".tmp-{}-{}", std::process::id(), ip));
+        let content = format!("{id}{LINE_BREAK}{ifname}");
+        {
+            let mut f = nofollow()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&tmp)
+                .map_err(|e| Error::io("write IPAM record", &tmp, e))?;
+            f.write_all(content.as_bytes())
+                .map_err(|e| Error::io("write IPAM record", &tmp, e))?;
+        }
+        let dst = self.record_path(ip);
+        let r = fs::hard_link(&tmp, &dst);
+        let _ = fs::remove_file(&tmp);
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io("reserve address", &dst, e)),
+        }
+    }
+
+    fn last_reserved(&self, set: usize) -> Option<IpAddr> {
+        let p = self.dir.join(format!("{LAST_RESERVED}{set}"));
+        let mut s = String::new();
+        nofollow()
+            .read(true)
+            .open(p)
+            .ok()?
+            .read_to_string(&mut s)
+            .ok()?;
+        s.trim().parse().ok()
+    }
+
+    fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
+        let p = self.dir.join(format!("{LAST_RESERVED}{set}"));
+        let tmp = self
+            .dir
+            .join(format!(".tmp-{}-last{set}", std::process::id()));
+        fs::write(&tmp, ip.to_string()).map_err(|e| Error::io("write", &tmp, e))?;
+        fs::rename(&tmp, &p).map_err(|e| Error::io("write", &p, e))
+    }
+
+    /// One address from every range set of `net`, for (id, ifname). On error nothing
+    /// stays reserved.
+    pub fn allocate(&self, net: &Network, id: &str, ifname: &str) -> Result<Vec<Allocation>> {
+        let mut got: Vec<Allocation> = Vec::new();
+        for (set, ranges) in net.range_sets.iter().enumerate() {
+            match self.allocate_in_set(net, set, ranges, id, ifname) {
+                Ok(a) => got.push(a),
+                Err(e) => {
+                    for a in &got {
+                        let _ = fs::remove_file(self.record_path(a.ip));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    fn allocate_in_set(
+        &self,
+        net: &Network,
+        set: usize,
+        ranges: &[Range],
+        id: &str,
+        ifname: &str,
+    ) -> Result<Allocation> {
+        // Round-robin: start right after the last reservation, if it is still in a range.
+        let (mut ri, mut ip) = (0usize, ranges[0].start);
+        if let Some(last) = self.last_reserved(set) {
+            if let Some(i) = ranges.iter().position(|r| r.contains(last)) {
+                ri = i;
+                match next_ip(last).filter(|n| ranges[i].contains(*n)) {
+                    Some(n) => ip = n,
+                    None => {
+                        ri = (i + 1) % ranges.len();
+                        ip = ranges[ri].start;
+                    }
+                }
+            }
+        }
+        let first = (ri, ip);
+        loop {
+            let r = &ranges[ri];
+            if ip != r.gateway && self.reserve(ip, id, ifname)? {
+                self.set_last_reserved(set, ip)?;
+                return Ok(Allocation {
+                    ip,
+                    range: r.clone(),
+                    set,
+                });
+            }
+            match next_ip(ip).filter(|n| r.contains(*n)) {
+                Some(n) => ip = n,
+                None => {
+                    ri = (ri + 1) % ranges.len();
+                    ip = ranges[ri].start;
+                }
+            }
+            if (ri, ip) == first {
+                let range = ranges
+                    .iter()
+                    .map(|r| format!("{}-{}", r.start, r.end))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Error::Exhausted {
+                    network: net.name.clone(),
+                    range,
+                });
+            }
+        }
+    }
+
+    /// All records: (address, container id, ifname). Unreadable or garbage records are
+    /// reported on stderr and skipped, never fatal for the other pods.
+    pub fn records(&self) -> Result<Vec<(IpAddr, String, String)>> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let mut s = String::new();
+            let read = nofollow()
+                .read(true)
+                .open(entry.path())
+                .and_then(|mut f| f.read_to_string(&mut s));
+            if let Err(e) = read {
+                eprintln!(
+                    "runtime-shim: skipping IPAM record {}: {e}",
+                    entry.path().display()
+                );
+                continue;
+            }
+            let mut lines = s.trim().splitn(2, LINE_BREAK);
+            let id = lines.next().unwrap_or("").trim().to_string();
+            let ifname = lines.next().unwrap_or("").trim().to_string();
+            if id.is_empty() {
+                eprintln!(
+                    "runtime-shim: skipping IPAM record {}: empty or torn",
+                    entry.path().display()
+                );
+                continue;
+            }
+            out.push((ip, id, ifname));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Addresses held by (id, ifname). Records without an ifname (older host-local) match
+    /// on the id alone.
+    pub fn get_by_id(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter(|(_, i, f)| i == id && (f == ifname || f.is_empty()))
+            .map(|(ip, _, _)| ip)
+            .collect())
+    }
+
+    /// Release every address held by (id, ifname); returns them. Idempotent.
+    pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let ips = self.get_by_id(id, ifname)?;
+        for ip in &ips {
+            match fs::remove_file(self.record_path(*ip)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("release address", self.record_path(*ip), e)),
+            }
+        }
+        Ok(ips)
+    }
+
+    /// Release exactly these addresses if they still belong to (id, ifname) (setup undo).
+    pub fn release_ips(&self, ips: &[IpAddr], id: &str, ifname: &str) {
+        let mine = self.get_by_id(id, ifname).unwrap_or_default();
+        for ip in ips.iter().filter(|ip| mine.contains(ip)) {
+            let _ = fs::remove_file(self.record_path(*ip));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NetConf;
+
+    fn net(dir: &Path, ranges: &str) -> Network {
+        let json = format!(
+            r#"{{"name":"t","ipam":{{"type":"host-local","ranges":{ranges},"dataDir":"{}"}}}}"#,
+            dir.display()
+        );
+        NetConf::from_slice(json.as_bytes())
+            .unwrap()
+            .validate()
+            .unwrap()
+    }
+
+    #[test]
+    fn host_local_layout_round_robin_and_release() {
+        let d = tempfile::tempdir().unwrap();
+        let n = net(d.path(), r#"[[{"subnet":"10.9.0.0/29"}]]"#);
+        let s = Store::open(&n.data_dir, &n.name).unwrap();
+        let a = s.allocate(&n, "c1", "eth0").unwrap();
+        assert_eq!(a[0].ip.to_string(), "10.9.0.2", "gateway .1 is skipped");
+        let rec = fs::read_to_string(d.path().join("t/10.9.0.2")).unwrap();
+        assert_eq!(rec, "c1\r\neth0");
+        assert_eq!(
+            fs::read_to_string(d.path().join("t/last_reserved_ip.0")).unwrap(),
+            "10.9.0.2"
+        );
+        assert!(d.path().join("t/lock").exists());
+        let b = s.allocate(&n, "c2", "eth0").unwrap();
+        assert_eq!(b[0].ip.to_string(), "10.9.0.3");
+        assert_eq!(s.release("c1", "eth0").unwrap(), vec![a[0].ip]);
+        assert!(s.release("c1", "eth0").unwrap().is_empty(), "idempotent");
+        // Round-robin continues after the last reservation, not at the freed .2.
+        assert_eq!(
+            s.allocate(&n, "c3", "eth0").unwrap()[0].ip.to_string(),
+            "10.9.0.4"
+        );
+        // Only the remaining entries and no temporary files.
+        let names: Vec<_> = fs::read_dir(d.path().join("t"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn exhaustion_is_a_clear_error_and_frees_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        // /29: .1 gateway, .2-.6 allocatable (5 addresses).
+        let n = net(d.path(), r#"[[{"subnet":"10.9.0.0/29"}]]"#);
+        let s = Store::open(&n.data_dir, &n.name).unwrap();
+        for i in 0..5 {
+            s.allocate(&n, &format!("c{i}"), "eth0").unwrap();
+        }
+        let e = s.allocate(&n, "late", "eth0").unwrap_err();
+        assert!(matches!(e, Error::Exhausted { .. }), "{e}");
+        assert!(e.to_string().contains("10.9.0.1-10.9.0.6"), "{e}");
+        assert_eq!(
+            s.records().unwrap().len(),
+            5,
+            "other pods keep their addresses"
+        );
+        s.release("c3", "eth0").unwrap();
+        assert_eq!(
+            s.allocate(&n, "late", "eth0").unwrap()[0].ip.to_string(),
+            "10.9.0.5"
+        );
+    }
+
+    #[test]
+    fn dual_stack_gets_one_of_each_and_failure_in_second_set_undoes_first() {
+        let d = tempfile::tempdir().unwrap();
+        let n = net(
+            d.path(),
+            r#"[[{"subnet":"10.9.0.0/24"}],[{"subnet":"fd00:9::/120","rangeEnd":"fd00:9::3"}]]"#,
+        );
+        let s = Store::open(&n.data_dir, &n.name).unwrap();
+        let a = s.allocate(&n, "c1", "eth0").unwrap();
+        assert_eq!(a.len(), 2);
+        assert!(a[0].ip.is_ipv4() && a[1].ip.is_ipv6());
+        s.allocate(&n, "c2", "eth0").unwrap();
+        // The v6 set (::2, ::3) is now full; v4 must not keep a reservation for c3.
+        assert!(s.allocate(&n, "c3", "eth0").is_err());
+        assert!(s.get_by_id("c3", "eth0").unwrap().is_empty());
+    }
+
+    #[test]
+    fn garbage_and_torn_records_are_skipped_not_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        let n = net(d.path(), r#"[[{"subnet":"10.9.0.0/24"}]]"#);
+        let s = Store::open(&n.data_dir, &n.name).unwrap();
+        s.allocate(&n, "good", "eth0").unwrap();
+        fs::write(d.path().join("t/10.9.0.50"), b"").unwrap();
+        fs::write(d.path().join("t/10.9.0.51"), b"\xff\xfe").unwrap();
+        fs::write(d.path().join("t/not-an-ip"), b"x").unwrap();
+        let recs = s.records().unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].1, "good");
+        // The garbage files still block their addresses (never handed out twice).
+        fs::write(d.path().join("t/last_reserved_ip.0"), "10.9.0.49").unwrap();
+        assert_eq!(
+            s.allocate(&n, "next", "eth0").unwrap()[0].ip.to_string(),
+            "10.9.0.52"
+        );
+    }
+
+    #[test]
+    fn planted_symlinks_are_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let n = net(d.path(), r#"[[{"subnet":"10.9.0.0/24"}]]"#);
+        let s = Store::open(&n.data_dir, &n.name).unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("t/10.9.0.2")).unwrap();
+        let a = s.allocate(&n, "c", "eth0").unwrap();
+        assert_eq!(
+            a[0].ip.to_string(),
+            "10.9.0.3",
+            "the planted name counts as taken"
+        );
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        // A symlinked network dir is refused.
+        let d2 = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(d.path(), d2.path().join("t")).unwrap();
+        assert!(Store::open(d2.path(), "t").is_err());
+    }
+
+    #[test]
+    fn concurrent_allocations_never_collide() {
+        let d = tempfile::tempdir().unwrap();
+        let n = net(d.path(), r#"[[{"subnet":"10.9.0.0/24"}]]"#);
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let n = n.clone();
+                std::thread::spawn(move || {
+                    (0..40)
+                        .map(|i| {
+                            let s = Store::open(&n.data_dir, &n.name).unwrap();
+                            s.allocate(&n, &format!("t{t}c{i}"), "eth0").unwrap()[0].ip
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<IpAddr> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let n_all = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n_all, "no address handed out twice");
+        assert_eq!(n_all, 160);
+    }
+}

@@ -1,0 +1,470 @@
+//! The kernel seam: a small synchronous rtnetlink client. A socket belongs to the network
+//! namespace it was opened in, so open one per namespace, from a thread inside it
+//! (`netns::run_in` for pods); no switching is ever needed afterwards.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+
+use ipnet::IpNet;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::{Error, Result};
+
+/// A link as this crate cares about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub controller: Option<u32>,
+    pub up: bool,
+    pub alias: Option<String>,
+}
+
+/// A route in the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+fn nl_err(op: impl Into<String>, source: io::Error) -> Error {
+    Error::Netlink {
+        op: op.into(),
+        source,
+    }
+}
+
+pub fn is_errno(e: &Error, errno: i32) -> bool {
+    match e {
+        Error::Netlink { source, .. } => source.raw_os_error() == Some(errno),
+        _ => false,
+    }
+}
+
+fn mac6(v: &[u8]) -> Option<[u8; 6]> {
+    v.try_into().ok()
+}
+
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Netlink {
+    /// A socket in the calling thread's network namespace.
+    pub fn open() -> Result<Netlink> {
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| nl_err("open netlink socket", e))?;
+        sock.bind_auto()
+            .map_err(|e| nl_err("bind netlink socket", e))?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(|e| nl_err("connect netlink socket", e))?;
+        let _ = sock.set_ext_ack(true);
+        Ok(Netlink {
+            sock,
+            seq: 0,
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Send one request; collect replies until the ACK (or DONE for dumps).
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        // Dumps interrupted by a concurrent change (NLM_F_DUMP_INTR) are retried.
+        for _ in 0..5 {
+            self.seq = self.seq.wrapping_add(1);
+            let seq = self.seq;
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | flags | if dump { 0 } else { NLM_F_ACK };
+            header.sequence_number = seq;
+            let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg.clone()));
+            nl.finalize();
+            let mut out = vec![0u8; nl.buffer_len()];
+            nl.serialize(&mut out);
+            self.sock.send(&out, 0)?;
+
+            let mut replies = Vec::new();
+            let mut interrupted = false;
+            'recv: loop {
+                let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+                let mut off = 0;
+                while off < n {
+                    let bytes = &self.buf[off..n];
+                    let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                    let len = m.header.length as usize;
+                    if len == 0 {
+                        break;
+                    }
+                    off += (len + 3) & !3;
+                    if m.header.sequence_number != seq {
+                        continue;
+                    }
+                    if m.header.flags & NLM_F_DUMP_INTR != 0 {
+                        interrupted = true;
+                    }
+                    match m.payload {
+                        NetlinkPayload::Error(e) => match e.code {
+                            Some(code) => return Err(io::Error::from_raw_os_error(-code.get())),
+                            None => break 'recv,
+                        },
+                        NetlinkPayload::Done(_) => break 'recv,
+                        // Non-dump requests carry NLM_F_ACK: keep reading until the
+                        // ACK, so no reply is left behind for the next request.
+                        NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+                        _ => {}
+                    }
+                }
+            }
+            if !(dump && interrupted) {
+                return Ok(replies);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "netlink dump kept being interrupted",
+        ))
+    }
+
+    fn parse_link(m: &LinkMessage) -> Link {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: None,
+            controller: None,
+            up: m.header.flags.contains(LinkFlags::Up),
+            alias: None,
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Address(a) => l.mac = mac6(a),
+                LinkAttribute::Mtu(m) => l.mtu = Some(*m),
+                LinkAttribute::Controller(c) => l.controller = Some(*c),
+                LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
+                _ => {}
+            }
+        }
+        l
+    }
+
+    /// The link called `name`, or None.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(m), 0) {
+            Ok(r) => Ok(r.iter().find_map(|x| match x {
+                RouteNetlinkMessage::NewLink(l) => Some(Self::parse_link(l)),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl_err(format!("get link {name}"), e)),
+        }
+    }
+
+    /// Every link (for checks and leak detection).
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        let r = self
+            .request(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(|e| nl_err("list links", e))?;
+        Ok(r.iter()
+            .filter_map(|x| match x {
+                RouteNetlinkMessage::NewLink(l) => Some(Self::parse_link(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Create a bridge (up, with `mac` and `mtu`). Ok(false) if it already exists.
+    pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>, mac: [u8; 6]) -> Result<bool> {
+        let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        match self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => Ok(false),
+            Err(e) => Err(nl_err(format!("create bridge {name}"), e)),
+        }
+    }
+
+    /// Set a link up (and optionally its alias) by index.
+    pub fn set_link(&mut self, index: u32, up: bool, alias: Option<&str>) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        if up {
+            m.header.flags = LinkFlags::Up;
+            m.header.change_mask = LinkFlags::Up;
+        }
+        if let Some(a) = alias {
+            m.attributes.push(LinkAttribute::IfAlias(a.to_string()));
+        }
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+            .map(|_| ())
+            .map_err(|e| nl_err(format!("set link {index}"), e))
+    }
+
+    /// Create a veth pair in one request: `host` here, enslaved to `controller` and up;
+    /// its peer `peer` created directly inside the namespace `peer_ns` (an nsfs fd).
+    pub fn create_veth(
+        &mut self,
+        host: &str,
+        peer: &str,
+        peer_ns: &impl AsFd,
+        mtu: Option<u32>,
+        controller: u32,
+    ) -> Result<()> {
+        // The peer cannot be created up: the kernel configures it before the pair is
+        // linked, and opening an unpaired veth fails with ENOTCONN. configure_pod sets
+        // it up from inside the pod.
+        let mut p = LinkMessage::default();
+        p.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        p.attributes
+            .push(LinkAttribute::NetNsFd(peer_ns.as_fd().as_raw_fd()));
+        let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes.push(LinkAttribute::IfName(host.to_string()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+            p.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        m.attributes.push(LinkAttribute::Controller(controller));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map(|_| ())
+            .map_err(|e| nl_err(format!("create veth {host} (peer {peer} in the pod)"), e))
+    }
+
+    /// Turn hairpin mode on for a bridge port, so a pod can reach itself via a service VIP.
+    pub fn set_hairpin(&mut self, index: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(m), 0)
+            .map(|_| ())
+            .map_err(|e| nl_err(format!("set hairpin on link {index}"), e))
+    }
+
+    /// Delete a link by name. Ok(false) if it does not exist.
+    pub fn delete_link(&mut self, name: &str) -> Result<bool> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::DelLink(m), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => Ok(false),
+            Err(e) => Err(nl_err(format!("delete link {name}"), e)),
+        }
+    }
+
+    /// Add `addr` (with its prefix) to a link. Ok(false) if it is already there.
+    pub fn add_address(&mut self, index: u32, addr: IpNet) -> Result<bool> {
+        let mut m = AddressMessage::default();
+        m.header.family = family(addr.addr());
+        m.header.prefix_len = addr.prefix_len();
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(addr.addr()));
+        if addr.addr().is_ipv4() {
+            m.attributes.push(AddressAttribute::Address(addr.addr()));
+            if let IpNet::V4(n) = addr {
+                m.attributes
+                    .push(AddressAttribute::Broadcast(n.broadcast()));
+            }
+        } else {
+            // No duplicate address detection: the address is ours by IPAM, and DAD would
+            // hold it "tentative" (unusable) for a second or more.
+            m.attributes.push(AddressAttribute::Address(addr.addr()));
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match self.request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => Ok(false),
+            Err(e) => Err(nl_err(format!("add address {addr} to link {index}"), e)),
+        }
+    }
+
+    /// Addresses of a link.
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>> {
+        let r = self
+            .request(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(|e| nl_err("list addresses", e))?;
+        let mut out = Vec::new();
+        for x in r {
+            if let RouteNetlinkMessage::NewAddress(a) = x {
+                if a.header.index != index {
+                    continue;
+                }
+                let ip = a.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let ip = ip.or_else(|| {
+                    a.attributes.iter().find_map(|at| match at {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                });
+                if let Some(ip) = ip {
+                    if let Ok(n) = IpNet::new(ip, a.header.prefix_len) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Add a route in the main table. Ok(false) if it already exists.
+    pub fn add_route(&mut self, dst: IpNet, gw: Option<IpAddr>, oif: u32) -> Result<bool> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(dst.addr());
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = if gw.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        m.header.kind = RouteType::Unicast;
+        if dst.prefix_len() > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(route_addr(dst.addr())));
+        }
+        if let Some(gw) = gw {
+            m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
+        }
+        m.attributes.push(RouteAttribute::Oif(oif));
+        match self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => Ok(false),
+            Err(e) => Err(nl_err(
+                format!(
+                    "add route {dst}{}",
+                    gw.map(|g| format!(" via {g}")).unwrap_or_default()
+                ),
+                e,
+            )),
+        }
+    }
+
+    /// Routes of the main table, both families.
+    pub fn routes(&mut self) -> Result<Vec<RouteEntry>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut q = RouteMessage::default();
+            q.header.address_family = fam;
+            let r = self
+                .request(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)
+                .map_err(|e| nl_err("list routes", e))?;
+            for x in r {
+                let RouteNetlinkMessage::NewRoute(rm) = x else {
+                    continue;
+                };
+                if rm.header.table != RouteHeader::RT_TABLE_MAIN {
+                    continue;
+                }
+                let mut dst_ip = None;
+                let mut gw = None;
+                let mut oif = None;
+                for a in &rm.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => dst_ip = ip_of(d),
+                        RouteAttribute::Gateway(g) => gw = ip_of(g),
+                        RouteAttribute::Oif(o) => oif = Some(*o),
+                        _ => {}
+                    }
+                }
+                let zero: IpAddr = if fam == AddressFamily::Inet {
+                    IpAddr::from([0u8; 4])
+                } else {
+                    IpAddr::from([0u8; 16])
+                };
+                if let Ok(dst) =
+                    IpNet::new(dst_ip.unwrap_or(zero), rm.header.destination_prefix_length)
+                {
+                    out.push(RouteEntry { dst, gw, oif });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn family(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn route_addr(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
+}

@@ -1,0 +1,610 @@
+//! Privileged tests of runtime-shim's core (bridge, veth, IPAM, routes, masquerade) against
+//! the real kernel, inside throwaway node namespaces. The CLI runs inside the node
+//! namespace (nsenter), exactly as a runtime on a node would run it.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use podwire_tests::*;
+
+/// A node with a bridge network config and a private IPAM dir.
+struct Net {
+    node: Node,
+    dir: TempDir,
+    name: String,
+    config: PathBuf,
+}
+
+impl Net {
+    fn new(tag: &str, ranges: &str, extra: &str) -> Net {
+        let node = Node::new(tag);
+        let dir = TempDir::new(tag);
+        let name = format!("pw{tag}");
+        let config = dir.path().join("net.json");
+        let json = format!(
+            r#"{{"cniVersion":"1.0.0","name":"{name}","type":"runtime-shim","bridge":"pwbr0",
+                {extra}
+                "ipam":{{"type":"host-local","ranges":{ranges},"dataDir":"{}"}}}}"#,
+            dir.path().join("ipam").display()
+        );
+        std::fs::write(&config, json).unwrap();
+        Net {
+            node,
+            dir,
+            name,
+            config,
+        }
+    }
+
+    fn standard(tag: &str) -> Net {
+        Net::new(
+            tag,
+            r#"[[{"subnet":"10.77.0.0/24"}]]"#,
+            r#""isDefaultGateway":true,"ipMasq":true,"hairpinMode":true,"#,
+        )
+    }
+
+    /// Run runtime-shim inside the node namespace.
+    fn shim_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let net = format!("--net={}", self.node.node.path().display());
+        let mut c = std::process::Command::new("nsenter");
+        c.args([net.as_str(), "--"])
+            .arg(bin("runtime-shim"))
+            .args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdin(std::process::Stdio::null()).output().unwrap()
+    }
+
+    fn shim(&self, args: &[&str]) -> Output {
+        self.shim_env(&[], args)
+    }
+
+    fn setup(&self, pod: &Ns, id: &str) -> serde_json::Value {
+        let p = pod.path();
+        let out = self.shim(&[
+            "setup",
+            "--netns",
+            p.to_str().unwrap(),
+            "--id",
+            id,
+            "--config",
+            self.config.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "setup {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn teardown(&self, netns: Option<&Path>, id: &str) -> Output {
+        let mut a = vec![
+            "teardown",
+            "--id",
+            id,
+            "--config",
+            self.config.to_str().unwrap(),
+        ];
+        let p;
+        if let Some(n) = netns {
+            p = n.display().to_string();
+            a.extend(["--netns", &p]);
+        }
+        self.shim(&a)
+    }
+
+    /// Host-side veths (our naming: pw + 12 hex).
+    fn host_veths(&self) -> Vec<String> {
+        self.node
+            .node
+            .links()
+            .into_iter()
+            .filter(|l| l.len() == 14 && l.starts_with("pw"))
+            .collect()
+    }
+
+    /// IPAM records (files named by an address).
+    fn records(&self) -> Vec<String> {
+        let d = self.dir.path().join("ipam").join(&self.name);
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().into_string().unwrap())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn masq_rules(&self, tool: &str) -> usize {
+        self.node
+            .node
+            .ok(tool, &["-t", "nat", "-S", "POSTROUTING"])
+            .lines()
+            .filter(|l| l.contains("MASQUERADE") && l.contains("podwire masq"))
+            .count()
+    }
+}
+
+fn ip_of(result: &serde_json::Value, i: usize) -> String {
+    let a = result["ips"][i]["address"].as_str().unwrap();
+    a.split('/').next().unwrap().to_string()
+}
+
+fn ping(from: &Ns, to: &str) -> bool {
+    from.run("busybox", &["ping", "-c", "1", "-W", "2", to])
+        .status
+        .success()
+}
+
+#[test]
+fn two_pods_reach_each_other_and_the_gateway_dual_stack() {
+    require_tool("busybox");
+    let mut n = Net::new(
+        "two",
+        r#"[[{"subnet":"10.77.0.0/24"}],[{"subnet":"fd00:77::/64"}]]"#,
+        r#""isDefaultGateway":true,"ipMasq":true,"hairpinMode":true,"mtu":1400,"#,
+    );
+    let a = n.node.add_pod("a");
+    let b = n.node.add_pod("b");
+    let ra = n.setup(n.node.pod(a), "poda");
+    let rb = n.setup(n.node.pod(b), "podb");
+    // Result shape: bridge, host veth, pod interface (with sandbox) and its addresses.
+    assert_eq!(ra["interfaces"][0]["name"], "pwbr0");
+    assert_eq!(ra["interfaces"][2]["name"], "eth0");
+    assert_eq!(
+        ra["interfaces"][2]["sandbox"],
+        n.node.pod(a).path().to_str().unwrap()
+    );
+    assert_eq!(
+        ra["ips"].as_array().unwrap().len(),
+        2,
+        "dual-stack: one of each"
+    );
+    let (a4, a6, b4, b6) = (ip_of(&ra, 0), ip_of(&ra, 1), ip_of(&rb, 0), ip_of(&rb, 1));
+    assert!(a4.contains('.') && a6.contains(':'));
+    assert_ne!(a4, b4);
+    assert_ne!(a6, b6);
+    // What the kernel has: eth0 with both addresses and MTU, default routes, lo up.
+    let addrs = n
+        .node
+        .pod(a)
+        .ok("ip", &["-o", "addr", "show", "dev", "eth0"]);
+    assert!(
+        addrs.contains(&format!("{a4}/24")) && addrs.contains(&format!("{a6}/64")),
+        "{addrs}"
+    );
+    let link = n.node.pod(a).ok("ip", &["-o", "link", "show", "eth0"]);
+    assert!(link.contains("mtu 1400") && link.contains("UP"), "{link}");
+    assert!(
+        n.node
+            .pod(a)
+            .ok("ip", &["route"])
+            .contains("default via 10.77.0.1 dev eth0")
+    );
+    assert!(
+        n.node
+            .pod(a)
+            .ok("ip", &["-6", "route"])
+            .contains("default via fd00:77::1 dev eth0")
+    );
+    // Host side: hairpin on, enslaved to the bridge.
+    let br = n.node.node.ok("bridge", &["-d", "link", "show"]);
+    assert_eq!(br.matches("hairpin on").count(), 2, "{br}");
+    // Traffic.
+    assert!(ping(n.node.pod(a), &b4), "pod a -> pod b (IPv4)");
+    assert!(ping(n.node.pod(b), &a4), "pod b -> pod a (IPv4)");
+    assert!(ping(n.node.pod(a), "10.77.0.1"), "pod -> gateway");
+    assert!(ping(n.node.pod(a), &b6), "pod a -> pod b (IPv6)");
+    // Forwarding on in the node, one masquerade rule per family however many pods.
+    assert_eq!(
+        n.node
+            .node
+            .ok("cat", &["/proc/sys/net/ipv4/ip_forward"])
+            .trim(),
+        "1"
+    );
+    assert_eq!(n.masq_rules("iptables"), 1);
+    assert_eq!(n.masq_rules("ip6tables"), 1);
+    // check passes.
+    let c = n.shim(&[
+        "check",
+        "--netns",
+        n.node.pod(a).path().to_str().unwrap(),
+        "--id",
+        "poda",
+        "--config",
+        n.config.to_str().unwrap(),
+    ]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    for id in ["poda", "podb"] {
+        assert!(n.teardown(None, id).status.success());
+    }
+    assert!(n.host_veths().is_empty());
+    assert!(n.records().is_empty());
+    // Masquerade is per network: pod teardown leaves it; unmasq removes it.
+    assert_eq!(n.masq_rules("iptables"), 1);
+    assert!(
+        n.shim(&["unmasq", "--config", n.config.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert_eq!(n.masq_rules("iptables") + n.masq_rules("ip6tables"), 0);
+}
+
+#[test]
+fn masquerade_lets_pods_reach_a_host_beyond_the_node() {
+    // An "outside" host of our own (a namespace on a TEST-NET-2 link from the node) that
+    // has no route back to the pod subnet: a pod reaches it only if the node masquerades.
+    let mut n = Net::standard("masq");
+    let p = n.node.add_pod("p");
+    let ext = Ns::new("ext");
+    let node = &n.node.node;
+    ok(
+        "ip",
+        &[
+            "link", "add", "pwext0", "netns", &node.name, "type", "veth", "peer", "name", "pwext1",
+            "netns", &ext.name,
+        ],
+    );
+    node.ok("ip", &["addr", "add", "198.51.100.1/24", "dev", "pwext0"]);
+    node.ok("ip", &["link", "set", "pwext0", "up"]);
+    ext.ok("ip", &["addr", "add", "198.51.100.2/24", "dev", "pwext1"]);
+    ext.ok("ip", &["link", "set", "pwext1", "up"]);
+    n.setup(n.node.pod(p), "p1");
+    assert!(
+        ping(n.node.pod(p), "198.51.100.2"),
+        "masqueraded traffic gets an answer"
+    );
+    // Negative control: without the rule the outside host cannot answer.
+    assert!(
+        n.shim(&["unmasq", "--config", n.config.to_str().unwrap()])
+            .status
+            .success()
+    );
+    node.ok(
+        "sh",
+        &[
+            "-c",
+            "command -v conntrack >/dev/null && conntrack -F || true",
+        ],
+    );
+    assert!(
+        !ping(n.node.pod(p), "198.51.100.2"),
+        "no masquerade, no reply"
+    );
+}
+
+#[test]
+fn hundred_setups_from_two_concurrent_workers() {
+    let mut n = Net::standard("par");
+    let pods: Vec<usize> = (0..100).map(|i| n.node.add_pod(&format!("p{i}"))).collect();
+    let results: Vec<(String, serde_json::Value)> = std::thread::scope(|s| {
+        let n = &n;
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let pods = &pods;
+                s.spawn(move || {
+                    pods.iter()
+                        .skip(w)
+                        .step_by(2)
+                        .map(|&i| {
+                            let id = format!("c{i}");
+                            let r = n.setup(n.node.pod(i), &id);
+                            (id, r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let mut ips: Vec<String> = results.iter().map(|(_, r)| ip_of(r, 0)).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 100, "no address handed out twice");
+    assert_eq!(n.records().len(), 100);
+    assert_eq!(n.host_veths().len(), 100);
+    assert_eq!(
+        n.masq_rules("iptables"),
+        1,
+        "one rule per network, not per pod"
+    );
+    // Spot-check traffic between the first and last pods.
+    assert!(ping(
+        n.node.pod(pods[0]),
+        &ip_of(&results[results.len() - 1].1, 0)
+    ));
+    std::thread::scope(|s| {
+        for w in 0..2 {
+            let (n, results) = (&n, &results);
+            s.spawn(move || {
+                for (id, _) in results.iter().skip(w).step_by(2) {
+                    assert!(n.teardown(None, id).status.success());
+                }
+            });
+        }
+    });
+    assert!(n.host_veths().is_empty());
+    assert!(n.records().is_empty());
+}
+
+#[test]
+fn a_failure_at_any_step_leaves_nothing_behind() {
+    // Fault injection through the CLI's test hook, after each step in turn.
+    let steps = [
+        "reserve addresses",
+        "ensure bridge",
+        "enable forwarding",
+        "create veth",
+        "hairpin mode",
+        "configure pod interface",
+        "masquerade",
+    ];
+    let mut n = Net::standard("fault");
+    let p = n.node.add_pod("p");
+    let path = n.node.pod(p).path();
+    for step in steps {
+        let out = n.shim_env(
+            &[("PODWIRE_FAIL_AFTER", step)],
+            &[
+                "setup",
+                "--netns",
+                path.to_str().unwrap(),
+                "--id",
+                "c1",
+                "--config",
+                n.config.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{step}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("step '{step}'")), "{step}: {err}");
+        assert!(n.host_veths().is_empty(), "{step}: host veth leaked");
+        assert!(n.records().is_empty(), "{step}: address reservation leaked");
+        assert_eq!(
+            n.node.pod(p).links(),
+            ["lo"],
+            "{step}: pod interface leaked"
+        );
+        assert!(
+            !n.node.node.links().contains(&"pwbr0".to_string()),
+            "{step}: bridge this call created leaked"
+        );
+        assert_eq!(
+            n.masq_rules("iptables"),
+            0,
+            "{step}: masquerade rule leaked"
+        );
+    }
+    // A kernel-side failure midway: eth0 already exists in the pod, so creating the veth
+    // fails after the address was reserved and the bridge created.
+    n.node
+        .pod(p)
+        .ok("ip", &["link", "add", "eth0", "type", "bridge"]);
+    let out = n.shim(&[
+        "setup",
+        "--netns",
+        path.to_str().unwrap(),
+        "--id",
+        "c1",
+        "--config",
+        n.config.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("step 'create veth'") && err.contains("File exists"),
+        "{err}"
+    );
+    assert!(n.host_veths().is_empty() && n.records().is_empty());
+    // A pre-existing host veth name: refused before anything changes.
+    let p2 = n.node.add_pod("p2");
+    n.setup(n.node.pod(p2), "c2");
+    let out = n.shim(&[
+        "setup",
+        "--netns",
+        path.to_str().unwrap(),
+        "--id",
+        "c2",
+        "--config",
+        n.config.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already set up"));
+    assert_eq!(n.records().len(), 1);
+}
+
+#[test]
+fn teardown_is_idempotent_and_works_after_the_namespace_is_gone() {
+    let mut n = Net::standard("td");
+    let a = n.node.add_pod("a");
+    n.setup(n.node.pod(a), "c1");
+    let path = n.node.pod(a).path();
+    assert!(n.teardown(Some(&path), "c1").status.success());
+    assert!(n.teardown(Some(&path), "c1").status.success(), "twice");
+    assert!(n.host_veths().is_empty() && n.records().is_empty());
+    // Now with the namespace deleted before teardown (as at OCI poststop).
+    let b = n.node.add_pod("b");
+    n.setup(n.node.pod(b), "c2");
+    let bpath = n.node.pod(b).path();
+    n.node.pods.remove(b); // drops (deletes) the pod namespace; its veth goes with it
+    let out = n.teardown(Some(&bpath), "c2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(n.host_veths().is_empty() && n.records().is_empty());
+    // Unknown container: still success (CNI DEL semantics).
+    assert!(n.teardown(None, "never-existed").status.success());
+}
+
+#[test]
+fn range_exhaustion_is_a_clear_error_and_frees_nothing_else() {
+    let mut n = Net::new(
+        "exh",
+        r#"[[{"subnet":"10.78.0.0/29"}]]"#,
+        r#""isDefaultGateway":true,"#,
+    );
+    let pods: Vec<usize> = (0..6).map(|i| n.node.add_pod(&format!("p{i}"))).collect();
+    let mut ips = Vec::new();
+    for &i in &pods[..5] {
+        ips.push(ip_of(&n.setup(n.node.pod(i), &format!("c{i}")), 0));
+    }
+    let path = n.node.pod(pods[5]).path();
+    let out = n.shim(&[
+        "setup",
+        "--netns",
+        path.to_str().unwrap(),
+        "--id",
+        "c5",
+        "--config",
+        n.config.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no free address left in 10.78.0.1-10.78.0.6"),
+        "{err}"
+    );
+    assert_eq!(n.records().len(), 5, "the other pods keep their addresses");
+    assert_eq!(n.host_veths().len(), 5);
+    assert_eq!(n.node.pod(pods[5]).links(), ["lo"]);
+    assert!(
+        ping(n.node.pod(pods[0]), &ips[4]),
+        "existing pods still talk"
+    );
+}
+
+#[test]
+fn bad_input_is_rejected_before_anything_changes() {
+    let mut n = Net::standard("bad");
+    let p = n.node.add_pod("p");
+    let path = n.node.pod(p).path();
+    let cfg = |json: &str| {
+        let f = n.dir.path().join("bad.json");
+        std::fs::write(&f, json).unwrap();
+        f
+    };
+    let ipam = |r: &str| {
+        format!(
+            r#"{{"name":"x","bridge":"pwbr0","isGateway":true,"ipam":{{"type":"host-local","ranges":[[{r}]],"dataDir":"{}"}}}}"#,
+            n.dir.path().join("ipam").display()
+        )
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (ipam(r#"{"subnet":"10.0.0.0/33"}"#), "ipam.ranges[0][0].subnet: invalid CIDR"),
+        (ipam(r#"{"subnet":"10.0.0.0/24","gateway":"10.9.9.9"}"#), "gateway: 10.9.9.9 is outside subnet"),
+        (r#"{"name":"x","bridge":"much-too-long-bridge","ipam":{"type":"host-local","subnet":"10.0.0.0/24"}}"#.into(), "bridge"),
+        (r#"{"name":"x","ipam":{"type":"dhcp","subnet":"10.0.0.0/24"}}"#.into(), "unknown IPAM type"),
+        (r#"{"name":"x", "ipam": "#.into(), "cannot parse network config"),
+    ];
+    for (json, want) in cases {
+        let f = cfg(&json);
+        let out = n.shim(&[
+            "setup",
+            "--netns",
+            path.to_str().unwrap(),
+            "--id",
+            "c1",
+            "--config",
+            f.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{json}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{json}: {err}");
+    }
+    // A missing namespace, a bad container id, a too-long ifname.
+    let args = |netns: &str, id: &str, ifname: &str| {
+        n.shim(&[
+            "setup",
+            "--netns",
+            netns,
+            "--id",
+            id,
+            "--ifname",
+            ifname,
+            "--config",
+            n.config.to_str().unwrap(),
+        ])
+    };
+    let out = args("/run/netns/pwt-does-not-exist", "c1", "eth0");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    let out = args(path.to_str().unwrap(), "../../etc", "eth0");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid container id"));
+    let out = args(path.to_str().unwrap(), "c1", "a-very-long-ifname0");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid ifname"));
+    let out = args("/etc/hostname", "c1", "eth0");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a network namespace"));
+    // Nothing changed: no bridge, no veth, no IPAM state, no rule.
+    assert_eq!(n.node.node.links(), ["lo"]);
+    assert!(n.records().is_empty());
+    assert_eq!(n.masq_rules("iptables"), 0);
+    assert_eq!(n.node.pod(p).links(), ["lo"]);
+}
+
+#[test]
+fn check_notices_a_missing_route() {
+    let mut n = Net::standard("chk");
+    let p = n.node.add_pod("p");
+    n.setup(n.node.pod(p), "c1");
+    let path = n.node.pod(p).path();
+    let check = || {
+        n.shim(&[
+            "check",
+            "--netns",
+            path.to_str().unwrap(),
+            "--id",
+            "c1",
+            "--config",
+            n.config.to_str().unwrap(),
+        ])
+    };
+    assert!(check().status.success());
+    n.node.pod(p).ok("ip", &["route", "del", "default"]);
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("route 0.0.0.0/0 via 10.77.0.1 is missing")
+    );
+}
+
+#[test]
+fn library_setup_from_threads_via_run_in() {
+    // The library API, as a long-running runtime would use it: node work on a run_in
+    // thread, never moving the caller.
+    let mut n = Net::standard("lib");
+    let p = n.node.add_pod("p");
+    let bytes = std::fs::read(&n.config).unwrap();
+    let (_, net) = runtime_shim::config::load(&bytes).unwrap();
+    let before = NetNs::current().unwrap();
+    let path = n.node.pod(p).path();
+    let r = netns::run_in(&n.node.node.ns, || {
+        runtime_shim::setup(&net, &path, "lib1", "eth0")
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(NetNs::current().unwrap(), before);
+    assert_eq!(r.ips.len(), 1);
+    netns::run_in(&n.node.node.ns, || {
+        runtime_shim::check(&net, &path, "lib1", "eth0")
+    })
+    .unwrap()
+    .unwrap();
+    netns::run_in(&n.node.node.ns, || {
+        runtime_shim::teardown(&net, None, "lib1", "eth0")
+    })
+    .unwrap()
+    .unwrap();
+    assert!(n.host_veths().is_empty());
+}
