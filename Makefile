@@ -45,8 +45,10 @@ demo: deps build
 
 ## bench: benchmarks (root); figures go to BENCHMARKS.md by hand, with the method
 bench: deps pause
-	$(CARGO) build --release -p podwire-tests --bin pause-bench
-	target/release/pause-bench --pause $(PAUSE) --catatonit /usr/bin/catatonit
+	$(CARGO) build --release -p podwire-tests --bin pause-bench --bin shim-bench
+	$(CARGO) build --release -p runtime-shim
+	@echo "## pause"; target/release/pause-bench --pause $(PAUSE) --catatonit /usr/bin/catatonit
+	@echo; echo "## runtime-shim"; target/release/shim-bench --shim target/release/runtime-shim --pods 50 --scale 1000
 
 ## lint: formatting and clippy, warnings are errors (pause's binary is linted on its own)
 lint:

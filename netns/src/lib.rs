@@ -232,16 +232,27 @@ impl NetNs {
     }
 }
 
-/// The namespace type ("net", "mnt", "uts", ...) of an open nsfs file, without privilege
-/// or ioctl. Opened via /proc/PID/ns/*, the fd links to "<type>:[<inode>]". Opened via a
-/// bind mount, it links to the mount path instead, and mountinfo shows the bind mount's
-/// root as "<type>:[<inode>]" (nsfs inode numbers are unique system-wide).
+/// The namespace type ("net", "mnt", "uts", ...) of an open nsfs file, with no ioctl
+/// (that would need unsafe code). Opened via /proc/PID/ns/*, the fd links to
+/// "<type>:[<inode>]". Opened via a bind mount it links to the mount path instead; then,
+/// when privileged, `setns(fd, CLONE_NEWNET)` on a throwaway thread answers "net or not"
+/// in constant time (the caller's thread never moves). Otherwise, or to name another
+/// kind, mountinfo shows the bind mount's root as "<type>:[<inode>]" (nsfs inode numbers
+/// are unique system-wide); it is O(mounts), so it stays off the hot path.
 fn nsfs_kind(file: &File, ino: u64) -> Result<String> {
     let link = format!("/proc/thread-self/fd/{}", file.as_raw_fd());
     let target = fs::read_link(&link).map_err(|e| io_err("readlink", &link, e))?;
     let suffix = format!(":[{ino}]");
     if let Some(kind) = target.to_str().and_then(|t| t.strip_suffix(&suffix)) {
         return Ok(kind.to_string());
+    }
+    let probe = std::thread::scope(|s| {
+        s.spawn(|| setns(file.as_fd(), CloneFlags::CLONE_NEWNET))
+            .join()
+            .unwrap_or(Err(Errno::EPERM))
+    });
+    if probe.is_ok() {
+        return Ok("net".to_string());
     }
     let mi = "/proc/thread-self/mountinfo";
     let text = fs::read_to_string(mi).map_err(|e| io_err("read", mi, e))?;

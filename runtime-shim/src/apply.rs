@@ -130,6 +130,11 @@ fn configure_pod(p: &Plan) -> Result<Link> {
         op: format!("find {} in the pod", p.ifname),
         source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
     })?;
+    // An IPv4-only pod gets no IPv6 link-local address (as Docker does): its DAD and MLD
+    // multicast would be flooded to every pod on the bridge, O(pods) work per new pod.
+    if !eth.up && !p.pod_addrs.iter().any(|a| a.addr().is_ipv6()) {
+        nl.disable_ipv6_addrgen(eth.index)?;
+    }
     for a in &p.pod_addrs {
         nl.add_address(eth.index, *a)?;
     }
@@ -192,19 +197,13 @@ pub fn setup(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
         Ok(())
     })?;
     let host_link = t.step(&mut nl, "create veth", |nl, undo| {
-        nl.create_veth(&p.host_veth, &p.ifname, &pod, p.mtu, br.index)?;
+        let host = nl.create_veth(&p.host_veth, &p.ifname, &pod, p.mtu, br.index)?;
         undo.push(Undo::DeleteLink(p.host_veth.clone()));
-        nl.link_by_name(&p.host_veth)?
-            .ok_or_else(|| Error::Netlink {
-                op: format!("veth {} vanished right after creation", p.host_veth),
-                source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
-            })
+        Ok(host)
     })?;
-    if p.hairpin {
-        t.step(&mut nl, "hairpin mode", |nl, _| {
-            nl.set_hairpin(host_link.index)
-        })?;
-    }
+    t.step(&mut nl, "bring up host veth", |nl, _| {
+        nl.bring_up_port(host_link.index, p.hairpin)
+    })?;
     let pod_link = t.step(&mut nl, "configure pod interface", |_, _| {
         netns::run_in(&pod, || configure_pod(&p))?
     })?;

@@ -8,13 +8,13 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -244,8 +244,9 @@ impl Netlink {
             .map_err(|e| nl_err(format!("set link {index}"), e))
     }
 
-    /// Create a veth pair in one request: `host` here, enslaved to `controller` and up;
-    /// its peer `peer` created directly inside the namespace `peer_ns` (an nsfs fd).
+    /// Create a veth pair in one request: `host` here, enslaved to `controller` (down,
+    /// see [`Netlink::bring_up_port`]); its peer `peer` created directly inside the
+    /// namespace `peer_ns` (an nsfs fd). Returns the host end, echoed by the kernel.
     pub fn create_veth(
         &mut self,
         host: &str,
@@ -253,7 +254,7 @@ impl Netlink {
         peer_ns: &impl AsFd,
         mtu: Option<u32>,
         controller: u32,
-    ) -> Result<()> {
+    ) -> Result<Link> {
         // The peer cannot be created up: the kernel configures it before the pair is
         // linked, and opening an unpaired veth fails with ENOTCONN. configure_pod sets
         // it up from inside the pod.
@@ -262,8 +263,6 @@ impl Netlink {
         p.attributes
             .push(LinkAttribute::NetNsFd(peer_ns.as_fd().as_raw_fd()));
         let mut m = LinkMessage::default();
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
         m.attributes.push(LinkAttribute::IfName(host.to_string()));
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
@@ -274,24 +273,70 @@ impl Netlink {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
         ]));
-        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
-            .map(|_| ())
-            .map_err(|e| nl_err(format!("create veth {host} (peer {peer} in the pod)"), e))
+        let replies = self
+            .request(
+                RouteNetlinkMessage::NewLink(m),
+                NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+            )
+            .map_err(|e| nl_err(format!("create veth {host} (peer {peer} in the pod)"), e))?;
+        let echoed = replies.iter().find_map(|r| match r {
+            RouteNetlinkMessage::NewLink(l) => Some(Self::parse_link(l)).filter(|l| l.name == host),
+            _ => None,
+        });
+        match echoed {
+            Some(l) => Ok(l),
+            // Kernels before 6.3 do not echo link creation.
+            None => self.link_by_name(host)?.ok_or_else(|| {
+                nl_err(
+                    format!("veth {host} vanished right after creation"),
+                    io::Error::from_raw_os_error(nix::libc::ENODEV),
+                )
+            }),
+        }
     }
 
-    /// Turn hairpin mode on for a bridge port, so a pod can reach itself via a service VIP.
-    pub fn set_hairpin(&mut self, index: u32) -> Result<()> {
+    /// Stop the kernel from giving a (still down) link an IPv6 link-local address.
+    /// The kernel rejects this at creation and applies flags before it within one
+    /// message, so it is a request of its own, before the link goes up.
+    pub fn disable_ipv6_addrgen(&mut self, index: u32) -> Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
-        m.attributes.push(LinkAttribute::LinkInfo(vec![
-            LinkInfo::PortKind(InfoPortKind::Bridge),
-            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                true,
-            )])),
-        ]));
+        m.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+            .map(|_| ())
+            .map_err(|e| {
+                nl_err(
+                    format!("disable IPv6 address generation on link {index}"),
+                    e,
+                )
+            })
+    }
+
+    /// Bring a new bridge port up, with no IPv6 link-local address and, if asked,
+    /// hairpin mode on (so a pod reaches itself through a Service VIP).
+    ///
+    /// A bridge port needs no IPv6 address, and generating one sends DAD/MLD multicast
+    /// that the bridge floods to every port.
+    pub fn bring_up_port(&mut self, index: u32, hairpin: bool) -> Result<()> {
+        self.disable_ipv6_addrgen(index)?;
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        if hairpin {
+            m.attributes.push(LinkAttribute::LinkInfo(vec![
+                LinkInfo::PortKind(InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    true,
+                )])),
+            ]));
+        }
         self.request(RouteNetlinkMessage::NewLink(m), 0)
             .map(|_| ())
-            .map_err(|e| nl_err(format!("set hairpin on link {index}"), e))
+            .map_err(|e| nl_err(format!("bring up bridge port {index}"), e))
     }
 
     /// Delete a link by name. Ok(false) if it does not exist.

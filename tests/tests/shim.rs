@@ -347,7 +347,7 @@ fn a_failure_at_any_step_leaves_nothing_behind() {
         "ensure bridge",
         "enable forwarding",
         "create veth",
-        "hairpin mode",
+        "bring up host veth",
         "configure pod interface",
         "masquerade",
     ];
@@ -607,4 +607,39 @@ fn library_setup_from_threads_via_run_in() {
     .unwrap()
     .unwrap();
     assert!(n.host_veths().is_empty());
+}
+
+#[test]
+fn ipv6_link_local_only_where_a_pod_has_ipv6() {
+    // Bridge ports never get one; IPv4-only pods get none (their DAD/MLD multicast would
+    // be flooded to every pod on the bridge); dual-stack pods keep theirs.
+    let mut v4 = Net::standard("ll4");
+    let p = v4.node.add_pod("p");
+    v4.setup(v4.node.pod(p), "c1");
+    let inet6 = |ns: &Ns, dev: &str| ns.ok("ip", &["-6", "-o", "addr", "show", "dev", dev]);
+    assert_eq!(
+        inet6(v4.node.pod(p), "eth0"),
+        "",
+        "IPv4-only pod: no IPv6 address on eth0"
+    );
+    assert!(inet6(v4.node.pod(p), "lo").contains("::1"), "lo keeps ::1");
+    for h in v4.host_veths() {
+        assert_eq!(
+            inet6(&v4.node.node, &h),
+            "",
+            "bridge port {h} has no IPv6 address"
+        );
+    }
+    let mut ds = Net::new(
+        "ll6",
+        r#"[[{"subnet":"10.79.0.0/24"}],[{"subnet":"fd00:79::/64"}]]"#,
+        r#""isDefaultGateway":true,"#,
+    );
+    let q = ds.node.add_pod("q");
+    ds.setup(ds.node.pod(q), "c2");
+    let a = inet6(ds.node.pod(q), "eth0");
+    assert!(
+        a.contains("fd00:79::") && a.contains("fe80::"),
+        "dual-stack pod keeps link-local: {a}"
+    );
 }
