@@ -1,0 +1,626 @@
+//! `iptables-gen`: kube-proxy's iptables rules from `kubectl get services,endpointslices
+//! -A -o json`. Prints `iptables-restore` input, or applies it (`--apply`).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use clap::Parser;
+use ipnet::IpNet;
+use iptables_gen::{Config, Error, Family, LocalDetector, Result, SyncPlan, model, render, state};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "iptables-gen",
+    version,
+    about = "kube-proxy-compatible iptables-restore rules from Service and EndpointSlice objects"
+)]
+struct Cli {
+    /// Input files (a v1 List, or single objects); none or `-` reads stdin.
+    files: Vec<PathBuf>,
+    /// KubeProxyConfiguration (JSON); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The node name: endpoints with this nodeName are local (default: the hostname).
+    #[arg(long)]
+    hostname_override: Option<String>,
+    /// The primary node IP.
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// The node's local addresses, IP or IP/CIDR (repeatable; default: read from the host
+    /// when --nodeport-addresses needs them).
+    #[arg(long = "node-address")]
+    node_addresses: Vec<String>,
+    /// The pod network: traffic from outside it to a ClusterIP is masqueraded.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// ClusterCIDR (default with --cluster-cidr), NodeCIDR, BridgeInterface,
+    /// InterfaceNamePrefix, or None.
+    #[arg(long)]
+    detect_local_mode: Option<String>,
+    /// This node's pod CIDR (for --detect-local-mode NodeCIDR).
+    #[arg(long)]
+    node_pod_cidr: Option<String>,
+    /// For --detect-local-mode BridgeInterface.
+    #[arg(long)]
+    pod_bridge_interface: Option<String>,
+    /// For --detect-local-mode InterfaceNamePrefix.
+    #[arg(long)]
+    pod_interface_name_prefix: Option<String>,
+    /// Masquerade all ClusterIP traffic.
+    #[arg(long)]
+    masquerade_all: bool,
+    /// The fwmark bit for SNAT (0..31).
+    #[arg(long)]
+    masquerade_bit: Option<u32>,
+    /// Comma-separated CIDRs whose node addresses accept NodePorts (default: all).
+    #[arg(long)]
+    nodeport_addresses: Option<String>,
+    /// Accept NodePorts on 127.0.0.1 (IPv4).
+    #[arg(long)]
+    iptables_localhost_nodeports: Option<bool>,
+    /// IPv4 or IPv6.
+    #[arg(long, default_value = "IPv4")]
+    ip_family: String,
+    /// `--random-fully` on the MASQUERADE rule (default: if the host's iptables has it).
+    #[arg(long)]
+    random_fully: Option<bool>,
+    /// An nfacct counter that exists (repeatable): ct_state_invalid_dropped_pkts,
+    /// localhost_nps_accepted_pkts.
+    #[arg(long = "nfacct-counter")]
+    nfacct_counters: Vec<String>,
+    /// As when net.netfilter.nf_conntrack_tcp_be_liberal is set: no INVALID drop rule.
+    #[arg(long)]
+    conntrack_tcp_be_liberal: bool,
+    /// Reject the whole input if any object fails validation.
+    #[arg(long)]
+    strict: bool,
+    /// Run iptables-restore (ip6tables-restore) and ensure the jump rules.
+    #[arg(long)]
+    apply: bool,
+    /// Remember what was applied; later runs write only what changed.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Confirm that the last pending sync was applied (after a pipeline).
+    #[arg(long)]
+    commit: bool,
+    /// Write every service's chains (still deleting chains the state says are stale).
+    #[arg(long)]
+    full: bool,
+    /// Print kube-proxy's normalised (sorted) form instead of the raw restore input.
+    #[arg(long)]
+    normalize: bool,
+}
+
+fn opt_err(option: &str, reason: impl Into<String>) -> Error {
+    Error::Option {
+        option: option.into(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_cidr(option: &str, s: &str) -> Result<IpNet> {
+    model::parse_cidr_sloppy(s).ok_or_else(|| opt_err(option, format!("{s:?} is not a CIDR")))
+}
+
+fn iface(option: &str, s: &str) -> Result<String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(opt_err(option, format!("{s:?} is not an interface name")))
+    }
+}
+
+/// Settings from a KubeProxyConfiguration file, then flags on top.
+fn build_config(cli: &Cli) -> Result<Config> {
+    let kpc: serde_json::Value = match &cli.config {
+        Some(p) => {
+            let t = std::fs::read(p).map_err(|e| Error::Io {
+                op: "read",
+                path: p.display().to_string(),
+                source: e,
+            })?;
+            serde_json::from_slice(&t).map_err(Error::Json)?
+        }
+        None => serde_json::Value::Null,
+    };
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    let mut c = Config {
+        family: match cli.ip_family.as_str() {
+            "IPv4" => Family::V4,
+            "IPv6" => Family::V6,
+            other => {
+                return Err(opt_err(
+                    "--ip-family",
+                    format!("{other:?} is not IPv4 or IPv6"),
+                ));
+            }
+        },
+        ..Config::default()
+    };
+    c.node_name = match cli
+        .hostname_override
+        .clone()
+        .or_else(|| s(&kpc["hostnameOverride"]))
+    {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_lowercase(),
+    };
+    c.node_ip = cli.node_ip;
+    for a in &cli.node_addresses {
+        let ip = a.split('/').next().unwrap_or("");
+        c.node_addresses.push(
+            model::parse_ip_sloppy(ip)
+                .ok_or_else(|| opt_err("--node-address", format!("{a:?} is not an IP")))?,
+        );
+    }
+    let bit = cli
+        .masquerade_bit
+        .or_else(|| kpc["iptables"]["masqueradeBit"].as_u64().map(|b| b as u32))
+        .unwrap_or(14);
+    c.masquerade_mark = iptables_gen::mark_for_bit(bit)?;
+    c.masquerade_all =
+        cli.masquerade_all || kpc["iptables"]["masqueradeAll"].as_bool() == Some(true);
+    c.localhost_nodeports = cli
+        .iptables_localhost_nodeports
+        .or_else(|| kpc["iptables"]["localhostNodePorts"].as_bool())
+        .unwrap_or(true);
+    let npa: Vec<String> = match &cli.nodeport_addresses {
+        Some(l) => l
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        None => kpc["nodePortAddresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+    };
+    for n in &npa {
+        c.nodeport_addresses
+            .push(parse_cidr("--nodeport-addresses", n)?);
+    }
+    let cluster_cidr = match cli.cluster_cidr.clone().or_else(|| s(&kpc["clusterCIDR"])) {
+        Some(cc) => {
+            // kube-proxy accepts a comma-separated dual-stack pair; take our family's.
+            let nets: Vec<IpNet> = cc
+                .split(',')
+                .map(|x| parse_cidr("--cluster-cidr", x.trim()))
+                .collect::<Result<_>>()?;
+            nets.into_iter()
+                .find(|n| n.addr().is_ipv4() == (c.family == Family::V4))
+        }
+        None => None,
+    };
+    let mode = cli
+        .detect_local_mode
+        .clone()
+        .or_else(|| s(&kpc["detectLocalMode"]))
+        .unwrap_or_else(|| {
+            if cluster_cidr.is_some() {
+                "ClusterCIDR".into()
+            } else {
+                "None".into()
+            }
+        });
+    c.local_detector = match mode.as_str() {
+        "ClusterCIDR" => match cluster_cidr {
+            Some(n) => LocalDetector::ClusterCidr(n),
+            None => LocalDetector::None,
+        },
+        "NodeCIDR" => LocalDetector::NodeCidr(parse_cidr(
+            "--node-pod-cidr",
+            cli.node_pod_cidr.as_deref().ok_or_else(|| {
+                opt_err(
+                    "--node-pod-cidr",
+                    "required with --detect-local-mode NodeCIDR",
+                )
+            })?,
+        )?),
+        "BridgeInterface" => LocalDetector::BridgeInterface(iface(
+            "--pod-bridge-interface",
+            &cli.pod_bridge_interface
+                .clone()
+                .or_else(|| s(&kpc["detectLocal"]["bridgeInterface"]))
+                .unwrap_or_default(),
+        )?),
+        "InterfaceNamePrefix" => LocalDetector::InterfaceNamePrefix(iface(
+            "--pod-interface-name-prefix",
+            &cli.pod_interface_name_prefix
+                .clone()
+                .or_else(|| s(&kpc["detectLocal"]["interfaceNamePrefix"]))
+                .unwrap_or_default(),
+        )?),
+        "None" | "" => LocalDetector::None,
+        other => {
+            return Err(opt_err(
+                "--detect-local-mode",
+                format!("unknown mode {other:?}"),
+            ));
+        }
+    };
+    for n in &cli.nfacct_counters {
+        if n != "ct_state_invalid_dropped_pkts" && n != "localhost_nps_accepted_pkts" {
+            return Err(opt_err(
+                "--nfacct-counter",
+                format!("unknown counter {n:?}"),
+            ));
+        }
+        c.nfacct.insert(n.clone());
+    }
+    c.conntrack_tcp_be_liberal = cli.conntrack_tcp_be_liberal;
+    c.random_fully = cli
+        .random_fully
+        .unwrap_or_else(|| host_has_random_fully(c.family));
+    // Node addresses from the host, only when nodePortAddresses needs them.
+    if c.node_addresses.is_empty()
+        && !c.nodeport_addresses.is_empty()
+        && !c.nodeport_addresses.iter().any(|n| n.prefix_len() == 0)
+    {
+        c.node_addresses = host_addresses();
+    }
+    Ok(c)
+}
+
+fn tools(f: Family) -> (&'static str, &'static str, &'static str) {
+    match f {
+        Family::V4 => ("iptables", "iptables-restore", "iptables-save"),
+        Family::V6 => ("ip6tables", "ip6tables-restore", "ip6tables-save"),
+    }
+}
+
+/// iptables >= 1.6.2 has --random-fully (kube-proxy's HasRandomFully).
+fn host_has_random_fully(f: Family) -> bool {
+    let Ok(out) = Command::new(tools(f).0).arg("--version").output() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(v) = text.split_whitespace().find(|w| w.starts_with('v')) else {
+        return false;
+    };
+    let nums: Vec<u32> = v[1..].split('.').filter_map(|x| x.parse().ok()).collect();
+    nums >= vec![1, 6, 2]
+}
+
+/// This host's addresses, from `ip -o addr` (only needed for nodePortAddresses).
+fn host_addresses() -> Vec<IpAddr> {
+    let Ok(out) = Command::new("ip").args(["-o", "addr", "show"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|x| *x == "inet" || *x == "inet6")?;
+            w.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+fn run_cmd(cmd: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String> {
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Command {
+            cmd: cmd.into(),
+            status: "not started".into(),
+            stderr: e.to_string(),
+        })?;
+    if let (Some(input), Some(mut w)) = (stdin, child.stdin.take()) {
+        // A restore that fails early closes its stdin: the exit status tells why.
+        let _ = w.write_all(input);
+    }
+    let out = child.wait_with_output().map_err(|e| Error::Command {
+        cmd: cmd.into(),
+        status: "wait failed".into(),
+        stderr: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            cmd: format!("{cmd} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The jump rules from the built-in chains (spec §3.2), ensured exactly once each.
+const JUMPS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "filter",
+        "INPUT",
+        "KUBE-EXTERNAL-SERVICES",
+        "-m conntrack --ctstate NEW",
+        "kubernetes externally-visible service portals",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "KUBE-EXTERNAL-SERVICES",
+        "-m conntrack --ctstate NEW",
+        "kubernetes externally-visible service portals",
+    ),
+    (
+        "filter",
+        "INPUT",
+        "KUBE-NODEPORTS",
+        "",
+        "kubernetes health check service ports",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "KUBE-SERVICES",
+        "-m conntrack --ctstate NEW",
+        "kubernetes service portals",
+    ),
+    (
+        "filter",
+        "OUTPUT",
+        "KUBE-SERVICES",
+        "-m conntrack --ctstate NEW",
+        "kubernetes service portals",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "KUBE-FORWARD",
+        "",
+        "kubernetes forwarding rules",
+    ),
+    (
+        "filter",
+        "INPUT",
+        "KUBE-PROXY-FIREWALL",
+        "-m conntrack --ctstate NEW",
+        "kubernetes load balancer firewall",
+    ),
+    (
+        "filter",
+        "OUTPUT",
+        "KUBE-PROXY-FIREWALL",
+        "-m conntrack --ctstate NEW",
+        "kubernetes load balancer firewall",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "KUBE-PROXY-FIREWALL",
+        "-m conntrack --ctstate NEW",
+        "kubernetes load balancer firewall",
+    ),
+    (
+        "nat",
+        "OUTPUT",
+        "KUBE-SERVICES",
+        "",
+        "kubernetes service portals",
+    ),
+    (
+        "nat",
+        "PREROUTING",
+        "KUBE-SERVICES",
+        "",
+        "kubernetes service portals",
+    ),
+    (
+        "nat",
+        "POSTROUTING",
+        "KUBE-POSTROUTING",
+        "",
+        "kubernetes postrouting rules",
+    ),
+];
+
+fn ensure_jumps(cfg: &Config) -> Result<()> {
+    let ipt = tools(cfg.family).0;
+    let mut jumps: Vec<(&str, &str, &str, &str, &str)> = JUMPS.to_vec();
+    if cfg.family == Family::V4 && cfg.localhost_nodeports {
+        jumps.push(("filter", "INPUT", "KUBE-FIREWALL", "", ""));
+        jumps.push(("filter", "OUTPUT", "KUBE-FIREWALL", "", ""));
+    }
+    for (table, from, to, extra, comment) in jumps {
+        // The chain must exist before a rule can jump to it (exit 1: it already does).
+        let _ = Command::new(ipt)
+            .args(["-w", "5", "-t", table, "-N", to])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let mut rule: Vec<&str> = extra.split_whitespace().collect();
+        if !comment.is_empty() {
+            rule.extend(["-m", "comment", "--comment", comment]);
+        }
+        rule.extend(["-j", to]);
+        let mut check = vec!["-w", "5", "-t", table, "-C", from];
+        check.extend(&rule);
+        let exists = Command::new(ipt)
+            .args(&check)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !exists {
+            let mut insert = vec!["-w", "5", "-t", table, "-I", from];
+            insert.extend(&rule);
+            run_cmd(ipt, &insert, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Per-service chains the kernel's nat table holds (kube-proxy's basis for `-X`).
+fn kernel_service_chains(f: Family) -> Result<BTreeSet<String>> {
+    let text = run_cmd(tools(f).2, &["-t", "nat"], None)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|c| {
+            iptables_gen::names::SERVICE_CHAIN_PREFIXES
+                .iter()
+                .any(|p| c.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect())
+}
+
+fn read_inputs(files: &[PathBuf]) -> Result<model::Objects> {
+    let mut objs = model::Objects::default();
+    if files.is_empty() || files.iter().any(|f| f == Path::new("-")) {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::Io {
+                op: "read",
+                path: "stdin".into(),
+                source: e,
+            })?;
+        model::parse(&buf, &mut objs)?;
+    }
+    for f in files.iter().filter(|f| *f != Path::new("-")) {
+        let buf = std::fs::read(f).map_err(|e| Error::Io {
+            op: "read",
+            path: f.display().to_string(),
+            source: e,
+        })?;
+        model::parse(&buf, &mut objs).map_err(|e| match e {
+            Error::Json(j) => Error::Option {
+                option: f.display().to_string(),
+                reason: format!("malformed JSON: {j}"),
+            },
+            e => e,
+        })?;
+    }
+    Ok(objs)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let family = match cli.ip_family.as_str() {
+        "IPv6" => Family::V6,
+        _ => Family::V4,
+    };
+    if cli.commit {
+        let dir = cli
+            .state_dir
+            .as_deref()
+            .ok_or_else(|| opt_err("--commit", "needs --state-dir"))?;
+        return state::commit(dir, family);
+    }
+    let cfg = build_config(&cli)?;
+    let objs = read_inputs(&cli.files)?;
+    for r in &objs.rejected {
+        eprintln!("iptables-gen: skipped {r}");
+    }
+    if cli.strict && !objs.rejected.is_empty() {
+        return Err(Error::Strict {
+            count: objs.rejected.len(),
+            first: objs.rejected[0].clone(),
+        });
+    }
+    let prev = match &cli.state_dir {
+        Some(d) => match state::State::load(d, cfg.family) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("iptables-gen: {e}; doing a full sync");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut plan = SyncPlan {
+        full: cli.full || prev.is_none(),
+        ..Default::default()
+    };
+    if let Some(p) = &prev {
+        plan.previous = p.digests.clone();
+        plan.existing_chains = p.chains.clone();
+    }
+    if cli.apply {
+        plan.existing_chains
+            .extend(kernel_service_chains(cfg.family)?);
+    }
+    let model = iptables_gen::proxier::build(&cfg, &objs);
+    for w in &model.warnings {
+        eprintln!("iptables-gen: {w}");
+    }
+    let g = iptables_gen::rules::generate(&cfg, &model, &plan);
+    let st = state::State::from_generated(&g);
+    if cli.apply {
+        if plan.full {
+            ensure_jumps(&cfg)?;
+        }
+        let restore = tools(cfg.family).1;
+        match run_cmd(
+            restore,
+            &["-w", "5", "--noflush", "--counters"],
+            Some(g.text.as_bytes()),
+        ) {
+            Ok(_) => {
+                if let Some(d) = &cli.state_dir {
+                    state::save_pending(d, cfg.family, &st)?;
+                    state::commit(d, cfg.family)?;
+                }
+                eprintln!(
+                    "iptables-gen: applied {} sync: {} service(s) written, {} chain(s) deleted",
+                    if plan.full { "full" } else { "partial" },
+                    g.written_services,
+                    g.deleted_chains.len()
+                );
+            }
+            Err(e) => {
+                if let Some(d) = &cli.state_dir {
+                    state::invalidate(d, cfg.family);
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        if let Some(d) = &cli.state_dir {
+            state::save_pending(d, cfg.family, &st)?;
+        }
+        let text = if cli.normalize {
+            render::normalize(&g.text)?
+        } else {
+            g.text
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes()).map_err(|e| Error::Io {
+            op: "write",
+            path: "stdout".into(),
+            source: e,
+        })?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iptables-gen: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
