@@ -45,10 +45,12 @@ demo: deps build
 
 ## bench: benchmarks (root); figures go to BENCHMARKS.md by hand, with the method
 bench: deps pause
-	$(CARGO) build --release -p podwire-tests --bin pause-bench --bin shim-bench
+	$(CARGO) build --release -p podwire-tests --bin pause-bench --bin shim-bench --bin gen-bench
 	$(CARGO) build --release -p runtime-shim
 	@echo "## pause"; target/release/pause-bench --pause $(PAUSE) --catatonit /usr/bin/catatonit
 	@echo; echo "## runtime-shim"; target/release/shim-bench --shim target/release/runtime-shim --pods 50 --scale 1000
+	@echo; echo "## iptables-gen"; echo "| services | lines | full gen ms (best) | full gen ms (median) | peak RSS MiB | partial sync ms (median) | iptables-restore apply ms |"; echo "|---|---:|---:|---:|---:|---:|---:|"
+	@target/release/gen-bench --services 1000 --apply; target/release/gen-bench --services 10000; target/release/gen-bench --services 50000
 
 ## lint: formatting and clippy, warnings are errors (pause's binary is linted on its own)
 lint:

@@ -41,10 +41,20 @@ pub struct Generated {
 }
 
 /// A line buffer: arguments joined by single spaces, newline-terminated.
-struct Buf(String);
+struct Buf(String, bool);
 
 impl Buf {
+    fn new() -> Buf {
+        Buf(String::new(), true)
+    }
+    /// A buffer that discards everything (an unchanged service in a partial sync).
+    fn off() -> Buf {
+        Buf(String::new(), false)
+    }
     fn line(&mut self, parts: &[&str]) {
+        if !self.1 {
+            return;
+        }
         let mut first = true;
         for p in parts {
             if p.is_empty() {
@@ -59,6 +69,9 @@ impl Buf {
         self.0.push('\n');
     }
     fn chain(&mut self, name: &str) {
+        if !self.1 {
+            return;
+        }
         self.0.push(':');
         self.0.push_str(name);
         self.0.push_str(" - [0:0]\n");
@@ -109,10 +122,10 @@ pub fn generate(cfg: &Config, model: &Model, plan: &SyncPlan) -> Generated {
     let mark = cfg.masquerade_mark.as_str();
     let v4 = cfg.family == Family::V4;
     let large = model.total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
-    let mut filter_chains = Buf(String::new());
-    let mut filter_rules = Buf(String::new());
-    let mut nat_chains = Buf(String::with_capacity(model.ports.len() * 400));
-    let mut nat_rules = Buf(String::with_capacity(model.ports.len() * 4000));
+    let mut filter_chains = Buf::new();
+    let mut filter_rules = Buf::new();
+    let mut nat_chains = Buf(String::with_capacity(model.ports.len() * 400), true);
+    let mut nat_rules = Buf(String::with_capacity(model.ports.len() * 4000), true);
 
     for c in [
         "KUBE-SERVICES",
@@ -181,8 +194,11 @@ pub fn generate(cfg: &Config, model: &Model, plan: &SyncPlan) -> Generated {
         let digest = service_digest(&ports, model, fingerprint);
         let write_chains = plan.full || plan.previous.get(&key) != Some(&digest);
         out.digests.insert(key, digest);
-        let mut svc_chains = Buf(String::new());
-        let mut svc_rules = Buf(String::new());
+        let (mut svc_chains, mut svc_rules) = if write_chains {
+            (Buf::new(), Buf::new())
+        } else {
+            (Buf::off(), Buf::off())
+        };
         for sp in ports {
             let eps = model.endpoints_of(sp);
             let cat = categorize(sp, eps);

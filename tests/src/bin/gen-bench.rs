@@ -1,0 +1,192 @@
+//! `make bench` for iptables-gen: generation time and peak memory for N services x 10
+//! endpoints (objects built in memory, as after parsing), a partial sync with one changed
+//! service, and the `iptables-restore` apply time of the same output inside a throwaway
+//! network namespace. One size per process, so peak RSS (VmHWM) is that size's own.
+//!
+//!   gen-bench --services N [--apply]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use iptables_gen::model::{
+    Conditions, EndpointSlice, Meta, Objects, PortSpec, Service, SliceEndpoint, SlicePort,
+};
+use iptables_gen::{Config, LocalDetector, SyncPlan};
+
+fn objects(n: usize, eps: usize) -> Objects {
+    let mut o = Objects::default();
+    for i in 0..n {
+        let name = format!("svc-{i}");
+        let mut s = Service {
+            metadata: Meta {
+                name: name.clone(),
+                namespace: "bench".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        s.spec.cluster_ip = Some(format!(
+            "10.{}.{}.{}",
+            96 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        ));
+        s.spec.ports = Some(vec![PortSpec {
+            name: Some("http".into()),
+            port: 80,
+            protocol: None,
+            node_port: None,
+        }]);
+        o.services.push(s);
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("kubernetes.io/service-name".to_string(), name.clone());
+        o.slices.push(EndpointSlice {
+            metadata: Meta {
+                name: format!("{name}-1"),
+                namespace: "bench".into(),
+                labels,
+            },
+            address_type: "IPv4".into(),
+            endpoints: Some(
+                (0..eps)
+                    .map(|e| {
+                        let k = i * eps + e;
+                        SliceEndpoint {
+                            addresses: vec![format!(
+                                "10.{}.{}.{}",
+                                128 + k / 65536,
+                                (k / 256) % 256,
+                                k % 256
+                            )],
+                            conditions: Some(Conditions::default()),
+                            node_name: None,
+                        }
+                    })
+                    .collect(),
+            ),
+            ports: Some(vec![SlicePort {
+                name: Some("http".into()),
+                port: Some(8080),
+                protocol: None,
+            }]),
+        });
+    }
+    o
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1024.0)
+}
+
+fn main() {
+    let mut n = 1000usize;
+    let mut apply = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--services" => {
+                n = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--services N")
+            }
+            "--apply" => apply = true,
+            _ => {
+                eprintln!("usage: gen-bench --services N [--apply]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let cfg = Config {
+        node_name: "node-1".into(),
+        local_detector: LocalDetector::ClusterCidr("10.128.0.0/9".parse().expect("cidr")),
+        ..Config::default()
+    };
+    let objs = objects(n, 10);
+    // Full sync: model + rules, 3 runs, best and median.
+    let mut times = Vec::new();
+    let mut g = None;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let out = iptables_gen::generate(
+            &cfg,
+            &objs,
+            &SyncPlan {
+                full: true,
+                ..Default::default()
+            },
+        );
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        g = Some(out);
+    }
+    let g = g.expect("generated");
+    times.sort_by(f64::total_cmp);
+    let lines = g.text.lines().count();
+    // Partial sync: one service's endpoints changed.
+    let mut changed = objs;
+    if let Some(ep) = changed.slices[n / 2]
+        .endpoints
+        .as_mut()
+        .and_then(|e| e.first_mut())
+    {
+        ep.addresses = vec!["10.255.255.1".into()];
+    }
+    let plan = SyncPlan {
+        full: false,
+        previous: g.digests.clone(),
+        existing_chains: g.active_chains.clone(),
+    };
+    let mut ptimes = Vec::new();
+    let mut written = 0;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let p = iptables_gen::generate(&cfg, &changed, &plan);
+        ptimes.push(t0.elapsed().as_secs_f64() * 1e3);
+        written = p.written_services;
+    }
+    ptimes.sort_by(f64::total_cmp);
+    let peak = peak_rss_mib();
+    let mut apply_ms = String::from("-");
+    if apply {
+        // Inside a throwaway namespace, never the host's tables.
+        let name = format!("pwgenbench-{}", std::process::id());
+        struct Remove(String);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = netns::remove(&self.0);
+            }
+        }
+        let ns = netns::create(&name).expect("create bench namespace");
+        let _guard = Remove(name.clone());
+        let t0 = Instant::now();
+        let r = netns::run_in(&ns, || {
+            let mut c = Command::new("iptables-restore")
+                .args(["-w", "5", "--noflush"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("iptables-restore");
+            let _ = c.stdin.take().expect("stdin").write_all(g.text.as_bytes());
+            c.wait_with_output().expect("wait")
+        })
+        .expect("run_in");
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        drop(ns);
+        assert!(
+            r.status.success(),
+            "restore failed: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        apply_ms = format!("{ms:.0}");
+    }
+    println!(
+        "| {n} x 10 | {lines} | {:.1} | {:.1} | {:.0} | {:.2} ({written} svc written) | {apply_ms} |",
+        times[0], times[1], peak, ptimes[2],
+    );
+}

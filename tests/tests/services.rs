@@ -1,0 +1,400 @@
+//! End to end: pods wired by runtime-shim, a Service and its EndpointSlice turned into
+//! rules by iptables-gen, applied with iptables-restore in a throwaway node namespace,
+//! and real TCP traffic from a client pod to the ClusterIP reaching every backend.
+
+#![allow(clippy::unwrap_used)] // test code
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use podwire_tests::*;
+
+const VIP: &str = "10.96.0.10";
+const EMPTY_VIP: &str = "10.96.0.11";
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn in_ns(ns: &Ns, cmd: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", ns.path().display()))
+        .arg("--")
+        .arg(cmd)
+        .args(args);
+    c
+}
+
+/// An HTTP server in `pod` answering with `name` on port 80.
+fn serve(pod: &Ns, dir: &Path, name: &str) -> Kill {
+    let www = dir.join(name);
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), format!("{name}\n")).unwrap();
+    let child = in_ns(
+        pod,
+        "busybox",
+        &["httpd", "-f", "-p", "80", "-h", www.to_str().unwrap()],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    Kill(child)
+}
+
+/// One HTTP GET with busybox nc (busybox wget may need NSS); the body's last line.
+fn get(from: &Ns, ip: &str, port: u16) -> Option<String> {
+    let out = in_ns(
+        from,
+        "sh",
+        &[
+            "-c",
+            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 5 {ip} {port}"),
+        ],
+    )
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    body.lines()
+        .last()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+}
+
+fn services_json(backends: &[(&str, String)]) -> String {
+    let eps: Vec<String> = backends
+        .iter()
+        .map(|(_, ip)| format!(r#"{{"addresses":["{ip}"],"nodeName":"node-1"}}"#))
+        .collect();
+    format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[
+ {{"kind":"Service","apiVersion":"v1","metadata":{{"name":"my-service","namespace":"default"}},
+   "spec":{{"type":"NodePort","clusterIP":"{VIP}","selector":{{"app":"nginx"}},
+            "ports":[{{"name":"http","port":8080,"targetPort":80,"protocol":"TCP","nodePort":30080}}]}}}},
+ {{"kind":"Service","apiVersion":"v1","metadata":{{"name":"empty","namespace":"default"}},
+   "spec":{{"clusterIP":"{EMPTY_VIP}","ports":[{{"name":"http","port":8080,"protocol":"TCP"}}]}}}},
+ {{"kind":"EndpointSlice","apiVersion":"discovery.k8s.io/v1",
+   "metadata":{{"name":"my-service-abc","namespace":"default","labels":{{"kubernetes.io/service-name":"my-service"}}}},
+   "addressType":"IPv4","ports":[{{"name":"http","port":80,"protocol":"TCP"}}],
+   "endpoints":[{}]}}
+]}}"#,
+        eps.join(",")
+    )
+}
+
+fn tally(client: &Ns, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut t = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let who = get(client, VIP, 8080).unwrap_or_else(|| "(no answer)".into());
+        *t.entry(who).or_insert(0) += 1;
+    }
+    t
+}
+
+fn save(node: &Ns) -> String {
+    // Counters and comment lines change between saves; the rules must not.
+    let mut out = String::new();
+    for t in ["filter", "nat"] {
+        for l in node.ok("iptables-save", &["-t", t]).lines() {
+            if !l.starts_with('#') {
+                out.push_str(l.split(" [").next().unwrap_or(l));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn cluster_ip_nodeport_reject_and_partial_sync() {
+    require_tool("busybox");
+    let mut node = Node::new("svc");
+    let dir = TempDir::new("svc");
+    let net = dir.path().join("net.json");
+    std::fs::write(
+        &net,
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"pwsvc","bridge":"cni0","isDefaultGateway":true,"ipMasq":true,"hairpinMode":true,
+               "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.77.0.0/24"}}]],"dataDir":"{}"}}}}"#,
+            dir.path().join("ipam").display()
+        ),
+    )
+    .unwrap();
+    // Bridged pod-to-pod traffic must traverse iptables for Service DNAT replies, as on
+    // every Kubernetes node (br_netfilter).
+    node.node.ok(
+        "sh",
+        &[
+            "-c",
+            "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables",
+        ],
+    );
+    let names = ["nginx-deployment-a", "nginx-deployment-b", "client"];
+    let mut ips = Vec::new();
+    for n in names {
+        let p = node.add_pod(n);
+        let out = node.node.ok(
+            bin("runtime-shim").to_str().unwrap(),
+            &[
+                "setup",
+                "--netns",
+                node.pod(p).path().to_str().unwrap(),
+                "--id",
+                n,
+                "--config",
+                net.to_str().unwrap(),
+            ],
+        );
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        ips.push(
+            r["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let _a = serve(node.pod(0), dir.path(), names[0]);
+    let _b = serve(node.pod(1), dir.path(), names[1]);
+    let client = node.pod(2);
+    wait_for("backends listening", Duration::from_secs(10), || {
+        (get(client, &ips[0], 80).is_some() && get(client, &ips[1], 80).is_some()).then_some(())
+    });
+
+    let input = dir.path().join("services.json");
+    let state = dir.path().join("state");
+    let apply = |extra: &[&str]| -> Output {
+        let mut a = vec![
+            input.to_str().unwrap(),
+            "--hostname-override",
+            "node-1",
+            "--cluster-cidr",
+            "10.77.0.0/16",
+            "--apply",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        node.node.run(bin("iptables-gen").to_str().unwrap(), &a)
+    };
+    std::fs::write(
+        &input,
+        services_json(&[(names[0], ips[0].clone()), (names[1], ips[1].clone())]),
+    )
+    .unwrap();
+    let out = apply(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("applied full sync"));
+    let nat = node.node.ok("iptables", &["-t", "nat", "-S"]);
+    assert!(
+        nat.contains(
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+        ),
+        "{nat}"
+    );
+    assert_eq!(nat.matches("-j KUBE-SEP-").count(), 2, "{nat}");
+
+    // 200 requests to the ClusterIP reach both backends, each at least 25%.
+    let t = tally(client, 200);
+    for n in &names[..2] {
+        let c = t.get(*n).copied().unwrap_or(0);
+        assert!(c >= 50, "{n} answered {c}/200: {t:?}");
+    }
+    // NodePort from the node itself (to its own bridge address).
+    assert!(get(&node.node, "10.77.0.1", 30080).is_some_and(|w| names[..2].contains(&w.as_str())));
+    // A service without endpoints is refused at once (REJECT), not left to time out;
+    // nc's own limit is 5 s, so a refusal is well under it.
+    let t0 = Instant::now();
+    assert_eq!(get(client, EMPTY_VIP, 8080), None);
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "no-endpoint service must be rejected, took {:?}",
+        t0.elapsed()
+    );
+
+    // Applying the same input again changes nothing.
+    let before = save(&node.node);
+    let out = apply(&[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("partial sync: 0 service(s) written"));
+    assert_eq!(
+        before,
+        save(&node.node),
+        "a repeated apply must leave iptables-save unchanged"
+    );
+    let out = apply(&["--full"]);
+    assert!(out.status.success());
+    assert_eq!(before, save(&node.node), "a repeated full apply too");
+
+    // Backend b's EndpointSlice entry goes away: a partial sync sends everything to a.
+    std::fs::write(&input, services_json(&[(names[0], ips[0].clone())])).unwrap();
+    let out = apply(&[]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("partial sync: 1 service(s) written, 1 chain(s) deleted"),
+        "{err}"
+    );
+    let t = tally(client, 50);
+    assert_eq!(t.get(names[0]).copied(), Some(50), "{t:?}");
+    assert_eq!(
+        node.node
+            .ok("iptables", &["-t", "nat", "-S"])
+            .matches("-j KUBE-SEP-")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn every_generated_ruleset_passes_iptables_restore_test() {
+    require_root();
+    require_tool("iptables-restore");
+    let ns = Ns::new("iptest");
+    let root = workspace_root().join("iptables-gen/tests/vectors");
+    let mut checked = 0;
+    for set in std::fs::read_dir(&root).unwrap() {
+        let set = set.unwrap().path();
+        if !set.is_dir() {
+            continue;
+        }
+        for v in std::fs::read_dir(set).unwrap() {
+            let v = v.unwrap().path();
+            if !v.join("config.json").exists() {
+                continue;
+            }
+            let cfg = std::fs::read_to_string(v.join("config.json")).unwrap();
+            let restore = if cfg.contains("\"IPv6\"") {
+                "ip6tables-restore"
+            } else {
+                "iptables-restore"
+            };
+            let text = std::fs::read(v.join("expected.txt")).unwrap();
+            let mut child = in_ns(&ns, restore, &["--test"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&text).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                v.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked}");
+    // And a large generated ruleset from the CLI, with every option that changes text.
+    let dir = TempDir::new("ipt-big");
+    let mut items = Vec::new();
+    for i in 0..300 {
+        items.push(format!(
+            r#"{{"kind":"Service","metadata":{{"name":"s{i}","namespace":"ns"}},"spec":{{"type":"LoadBalancer","clusterIP":"10.96.{}.{}","externalIPs":["192.0.2.{}"],"loadBalancerSourceRanges":["198.51.100.0/24"],"sessionAffinity":"ClientIP","ports":[{{"name":"p","port":80,"nodePort":{}}}]}},"status":{{"loadBalancer":{{"ingress":[{{"ip":"203.0.113.{}"}}]}}}}}},
+               {{"kind":"EndpointSlice","metadata":{{"name":"s{i}-1","namespace":"ns","labels":{{"kubernetes.io/service-name":"s{i}"}}}},"addressType":"IPv4","ports":[{{"name":"p","port":8080}}],"endpoints":[{{"addresses":["10.244.{}.1"]}},{{"addresses":["10.244.{}.2"],"conditions":{{"ready":false,"serving":true,"terminating":true}}}}]}}"#,
+            i / 250, i % 250 + 1, i % 250 + 1, 30000 + i, i % 250 + 1, i % 250, i % 250
+        ));
+    }
+    let input = dir.path().join("big.json");
+    std::fs::write(
+        &input,
+        format!(r#"{{"kind":"List","items":[{}]}}"#, items.join(",")),
+    )
+    .unwrap();
+    let out = run(
+        bin("iptables-gen").to_str().unwrap(),
+        &[
+            input.to_str().unwrap(),
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--masquerade-all",
+            "--random-fully",
+            "true",
+            "--nfacct-counter",
+            "localhost_nps_accepted_pkts",
+            "--nodeport-addresses",
+            "127.0.0.0/8",
+            "--node-address",
+            "127.0.0.1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = in_ns(&ns, "iptables-restore", &["--test"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let r = child.wait_with_output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
+fn hostile_input_is_rejected_and_cannot_inject() {
+    let dir = TempDir::new("ipt-bad");
+    let input = dir.path().join("bad.json");
+    std::fs::write(
+        &input,
+        r#"{"kind":"List","items":[
+  {"kind":"Service","metadata":{"name":"evil\" -j ACCEPT\n-A INPUT","namespace":"ns"},"spec":{"clusterIP":"10.96.0.1","ports":[{"port":80}]}},
+  {"kind":"Service","metadata":{"name":"ok","namespace":"ns"},"spec":{"clusterIP":"10.96.0.2","ports":[{"name":"p\"x","port":80}]}},
+  {"kind":"Service","metadata":{"name":"fine","namespace":"ns"},"spec":{"clusterIP":"10.96.0.3","externalIPs":["1.2.3.4 -j ACCEPT"],"ports":[{"port":80}]}}
+]}"#,
+    )
+    .unwrap();
+    let out = run(
+        bin("iptables-gen").to_str().unwrap(),
+        &[input.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains("evil") && !text.contains("INPUT") && !text.contains("1.2.3.4"),
+        "{text}"
+    );
+    assert!(text.contains("\"ns/fine has no endpoints\""), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skipped Service ns/evil") && err.contains("skipped Service ns/ok"),
+        "{err}"
+    );
+    // --strict rejects the whole input.
+    let out = run(
+        bin("iptables-gen").to_str().unwrap(),
+        &[input.to_str().unwrap(), "--strict"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // Malformed JSON names the position.
+    std::fs::write(&input, "{\"kind\": \"List\",\n \"items\": [}").unwrap();
+    let out = run(
+        bin("iptables-gen").to_str().unwrap(),
+        &[input.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2 column"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
