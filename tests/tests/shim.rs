@@ -546,6 +546,32 @@ fn bad_input_is_rejected_before_anything_changes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid ifname"));
     let out = args("/etc/hostname", "c1", "eth0");
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a network namespace"));
+    // Without CAP_NET_ADMIN the shim refuses up front, with a clear message.
+    let out = run(
+        "nsenter",
+        &[
+            &format!("--net={}", n.node.node.path().display()),
+            "--",
+            "setpriv",
+            "--bounding-set",
+            "-net_admin",
+            "--",
+            bin("runtime-shim").to_str().unwrap(),
+            "setup",
+            "--netns",
+            path.to_str().unwrap(),
+            "--id",
+            "c1",
+            "--config",
+            n.config.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing capability CAP_NET_ADMIN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nothing changed: no bridge, no veth, no IPAM state, no rule.
     assert_eq!(n.node.node.links(), ["lo"]);
     assert!(n.records().is_empty());
