@@ -29,7 +29,7 @@ pause-image: pause
 	pause/mk-image.sh $(PAUSE) $(PAUSE_REF) $(PAUSE_IMAGE)
 
 ## test: unit tests, then privileged tests (root) against the real kernel and runtimes
-test: build unit-test privileged-test
+test: deps build unit-test privileged-test
 
 unit-test:
 	$(CARGO) test --workspace --exclude podwire-tests

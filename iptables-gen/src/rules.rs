@@ -91,13 +91,6 @@ fn probability(n: usize) -> String {
     format!("{:.10}", 1.0 / n as f64)
 }
 
-fn cidr_str(ip: &IpAddr) -> String {
-    match ip {
-        IpAddr::V4(_) => format!("{ip}"),
-        IpAddr::V6(_) => format!("{ip}"),
-    }
-}
-
 impl LocalDetector {
     fn if_local(&self) -> Option<String> {
         match self {
@@ -274,7 +267,7 @@ pub fn generate(cfg: &Config, model: &Model, plan: &SyncPlan) -> Generated {
         ips.sort();
         ips.dedup();
         for ip in ips {
-            let d = cidr_str(&ip);
+            let d = ip.to_string();
             nat_rules.line(&[
                 "-A KUBE-SERVICES",
                 &np_comment,

@@ -57,13 +57,6 @@ fn nl_err(op: impl Into<String>, source: io::Error) -> Error {
     }
 }
 
-pub fn is_errno(e: &Error, errno: i32) -> bool {
-    match e {
-        Error::Netlink { source, .. } => source.raw_os_error() == Some(errno),
-        _ => false,
-    }
-}
-
 fn mac6(v: &[u8]) -> Option<[u8; 6]> {
     v.try_into().ok()
 }

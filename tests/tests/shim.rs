@@ -63,17 +63,26 @@ impl Net {
         self.shim_env(&[], args)
     }
 
-    fn setup(&self, pod: &Ns, id: &str) -> serde_json::Value {
-        let p = pod.path();
-        let out = self.shim(&[
+    /// `runtime-shim setup` for a pod namespace path, with optional environment.
+    fn try_setup_env(&self, env: &[(&str, &str)], netns: &Path, id: &str) -> Output {
+        let args = [
             "setup",
             "--netns",
-            p.to_str().unwrap(),
+            netns.to_str().unwrap(),
             "--id",
             id,
             "--config",
             self.config.to_str().unwrap(),
-        ]);
+        ];
+        self.shim_env(env, &args)
+    }
+
+    fn try_setup(&self, netns: &Path, id: &str) -> Output {
+        self.try_setup_env(&[], netns, id)
+    }
+
+    fn setup(&self, pod: &Ns, id: &str) -> serde_json::Value {
+        let out = self.try_setup(&pod.path(), id);
         assert!(
             out.status.success(),
             "setup {id}: {}",
@@ -355,18 +364,7 @@ fn a_failure_at_any_step_leaves_nothing_behind() {
     let p = n.node.add_pod("p");
     let path = n.node.pod(p).path();
     for step in steps {
-        let out = n.shim_env(
-            &[("PODWIRE_FAIL_AFTER", step)],
-            &[
-                "setup",
-                "--netns",
-                path.to_str().unwrap(),
-                "--id",
-                "c1",
-                "--config",
-                n.config.to_str().unwrap(),
-            ],
-        );
+        let out = n.try_setup_env(&[("PODWIRE_FAIL_AFTER", step)], &path, "c1");
         assert_eq!(out.status.code(), Some(1), "{step}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(&format!("step '{step}'")), "{step}: {err}");
@@ -392,15 +390,7 @@ fn a_failure_at_any_step_leaves_nothing_behind() {
     n.node
         .pod(p)
         .ok("ip", &["link", "add", "eth0", "type", "bridge"]);
-    let out = n.shim(&[
-        "setup",
-        "--netns",
-        path.to_str().unwrap(),
-        "--id",
-        "c1",
-        "--config",
-        n.config.to_str().unwrap(),
-    ]);
+    let out = n.try_setup(&path, "c1");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -411,15 +401,7 @@ fn a_failure_at_any_step_leaves_nothing_behind() {
     // A pre-existing host veth name: refused before anything changes.
     let p2 = n.node.add_pod("p2");
     n.setup(n.node.pod(p2), "c2");
-    let out = n.shim(&[
-        "setup",
-        "--netns",
-        path.to_str().unwrap(),
-        "--id",
-        "c2",
-        "--config",
-        n.config.to_str().unwrap(),
-    ]);
+    let out = n.try_setup(&path, "c2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("already set up"));
     assert_eq!(n.records().len(), 1);
 }
@@ -462,15 +444,7 @@ fn range_exhaustion_is_a_clear_error_and_frees_nothing_else() {
         ips.push(ip_of(&n.setup(n.node.pod(i), &format!("c{i}")), 0));
     }
     let path = n.node.pod(pods[5]).path();
-    let out = n.shim(&[
-        "setup",
-        "--netns",
-        path.to_str().unwrap(),
-        "--id",
-        "c5",
-        "--config",
-        n.config.to_str().unwrap(),
-    ]);
+    let out = n.try_setup(&path, "c5");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -237,7 +237,6 @@ fn par_run(c: &Ctx, names: &mut Names, tag: &str, n: usize, w: usize) -> (Vec<f6
         })
     });
     let wall = t0.elapsed().as_secs_f64();
-    // Unique addresses: count IPAM records.
     (times, errors, wall)
 }
 
