@@ -11,8 +11,12 @@
 use std::path::PathBuf;
 
 pub mod apply;
+pub mod cni;
 pub mod config;
+pub mod gc;
+pub mod hook;
 pub mod ipam;
+pub mod join;
 pub mod link;
 pub mod masq;
 pub mod plan;
@@ -73,6 +77,21 @@ pub enum Error {
     Command { cmd: String, stderr: String },
     #[error("check failed: {0}")]
     Check(String),
+    /// CNI: the config asks for a spec version this plugin does not speak.
+    #[error("incompatible CNI version {version:?} (supported: {supported})")]
+    Version { version: String, supported: String },
+    /// CNI: a required environment variable is missing or invalid.
+    #[error("invalid environment variable {var}: {reason}")]
+    Env { var: &'static str, reason: String },
+    /// The container (or its namespace, or the sandbox to join) does not exist.
+    #[error("unknown container: {0}")]
+    UnknownContainer(String),
+    /// OCI hook: the state JSON on stdin is unusable.
+    #[error("cannot parse OCI state: {0}")]
+    State(String),
+    /// `join`: the bundle's config.json is missing or unusable.
+    #[error("bundle {path}: {reason}")]
+    Bundle { path: PathBuf, reason: String },
     /// A setup step failed; everything the call had created was undone.
     #[error("setup failed at step '{step}' (everything this call created was removed): {source}")]
     Step {

@@ -1,5 +1,8 @@
 //! `runtime-shim`: the protocol adapter. argv/stdin -> library -> stdout JSON + exit code.
 //! Logs and errors go to stderr; stdout carries only results (a runtime parses it).
+//!
+//! Run with `CNI_COMMAND` set and no arguments (how libcni execs a plugin), it is a CNI
+//! plugin: errors are CNI error JSON on stdout.
 #![forbid(unsafe_code)]
 
 use std::io::Read;
@@ -57,6 +60,41 @@ enum Cmd {
     Teardown(TeardownArgs),
     /// Verify the pod's interface, addresses, routes and masquerade rule.
     Check(PodArgs),
+    /// OCI hook (createRuntime/prestart: wire the sandbox; poststop: tear it down).
+    /// Reads the container state JSON on stdin.
+    Hook {
+        /// Network config; else the annotation podwire.io/network-config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Pod interface name; else the annotation podwire.io/ifname, else eth0.
+        #[arg(long)]
+        ifname: Option<String>,
+        /// createRuntime, prestart or poststop; inferred from the state when absent.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Where sandbox records live.
+        #[arg(long, default_value = runtime_shim::hook::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Rewrite an app container's BUNDLE/config.json to join a sandbox's network, IPC and
+    /// UTS namespaces.
+    Join {
+        /// The sandbox: its container id (started with the hook), its pid, or a netns path.
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long, default_value = runtime_shim::hook::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The app container's bundle directory.
+        bundle: PathBuf,
+    },
+    /// Remove reservations and links of attachments not listed (after crashes).
+    Gc {
+        #[arg(long)]
+        config: PathBuf,
+        /// A live attachment, CONTAINER_ID/IFNAME (repeat; none means remove all).
+        #[arg(long = "valid")]
+        valid: Vec<String>,
+    },
     /// Remove the network's masquerade rules (pod teardown never does).
     Unmasq {
         #[arg(long)]
@@ -66,15 +104,7 @@ enum Cmd {
 
 fn read_config(path: &Path) -> Result<config::Network> {
     let bytes = if path == Path::new("-") {
-        let mut v = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut v)
-            .map_err(|e| Error::Io {
-                op: "read config from",
-                path: "stdin".into(),
-                source: e,
-            })?;
-        v
+        read_stdin()?
     } else {
         std::fs::read(path).map_err(|e| Error::Io {
             op: "read config",
@@ -110,11 +140,108 @@ fn run(cmd: Cmd) -> Result<()> {
                 runtime_shim::masq::remove(&net.name, &s.subnet)?;
             }
         }
+        Cmd::Hook {
+            config,
+            ifname,
+            stage,
+            state_dir,
+        } => {
+            let stdin = read_stdin()?;
+            let opts = runtime_shim::hook::Options {
+                config,
+                ifname,
+                stage,
+                state_dir: Some(state_dir),
+            };
+            // Runtimes ignore a hook's stdout; nothing is printed.
+            runtime_shim::hook::run(&opts, &stdin)?;
+        }
+        Cmd::Join {
+            sandbox,
+            state_dir,
+            bundle,
+        } => {
+            let sb = runtime_shim::join::Sandbox::parse(&sandbox)?;
+            let t = runtime_shim::join::join(&bundle, &sb, &state_dir)?;
+            let show = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+            println!(
+                "{}",
+                serde_json::json!({"network": t.net, "ipc": show(&t.ipc), "uts": show(&t.uts)})
+            );
+        }
+        Cmd::Gc { config, valid } => {
+            let net = read_config(&config)?;
+            runtime_shim::check_capabilities()?;
+            let mut set = std::collections::BTreeSet::new();
+            for v in valid {
+                let (id, ifname) = v.split_once('/').ok_or_else(|| Error::Invalid {
+                    what: "--valid",
+                    value: v.clone(),
+                    reason: "expected CONTAINER_ID/IFNAME".into(),
+                })?;
+                set.insert((id.to_string(), ifname.to_string()));
+            }
+            let report = runtime_shim::gc::gc(&net, &set)?;
+            println!("{report}");
+        }
     }
     Ok(())
 }
 
+fn read_stdin() -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut v)
+        .map_err(|e| Error::Io {
+            op: "read",
+            path: "stdin".into(),
+            source: e,
+        })?;
+    Ok(v)
+}
+
+/// CNI plugin mode: the spec's environment in, result or error JSON out.
+fn cni_main() -> ExitCode {
+    use runtime_shim::cni;
+    let req = match cni::Request::from_env(|k| std::env::var(k).ok()) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("{}", cni::error_json(None, cni::LATEST, &e));
+            return ExitCode::from(1);
+        }
+    };
+    // VERSION first and cheaply: podman asks around every ADD and DEL.
+    if req.command == cni::Command::Version {
+        println!("{}", cni::version_json());
+        return ExitCode::SUCCESS;
+    }
+    let stdin = match read_stdin() {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{}", cni::error_json(Some(req.command), cni::LATEST, &e));
+            return ExitCode::from(1);
+        }
+    };
+    match cni::run(&req, &stdin) {
+        Ok(out) => {
+            if let Some(out) = out {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("runtime-shim: {e}");
+            let v = cni::requested_version(&stdin);
+            println!("{}", cni::error_json(Some(req.command), &v, &e));
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::var_os("CNI_COMMAND").is_some() && std::env::args_os().len() == 1 {
+        return cni_main();
+    }
     let cli = Cli::parse();
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,11 +54,23 @@ fn binary(subnet: &IpNet) -> &'static str {
     }
 }
 
+/// Where a tool lives: `$PATH` first, then the sbin directories. OCI hooks run with
+/// exactly the env their hook entry lists, often with no PATH at all, and exec's default
+/// search path has no sbin (where Debian puts iptables).
+pub fn find_tool(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(Into::into))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| name.into())
+}
+
 /// Run iptables in the caller's network namespace; Ok(true) on exit 0, Ok(false) on 1.
 fn iptables(op: &str, network: &str, subnet: &IpNet) -> Result<bool> {
     let bin = binary(subnet);
     let args = rule_args(network, subnet);
-    let out = Command::new(bin)
+    let out = Command::new(find_tool(bin))
         .args(["-w", "5", "-t", "nat", op])
         .args(&args)
         .stdin(Stdio::null())

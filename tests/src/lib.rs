@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 pub use netns::NetNs;
 
+pub mod oci;
+
 /// Prefix of every namespace the tests create: `pwt-<pid>-<n>-<tag>`.
 pub const PREFIX: &str = "pwt-";
 

@@ -1,0 +1,128 @@
+//! Garbage collection (CNI GC, and recovery after a crash): everything of a network that
+//! does not belong to a valid attachment goes. That is every IPAM reservation whose
+//! (container id, ifname) is not listed, and every podwire veth on the network's bridge
+//! that no listed or still-reserved attachment hashes to (a setup killed after creating
+//! the link but before returning, or a teardown killed half way).
+//!
+//! Like the spec's GC, this must not run concurrently with ADD on the same network: an
+//! attachment being added is not in the caller's list yet.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::config::Network;
+use crate::ipam::Store;
+use crate::link::Netlink;
+use crate::plan::host_veth_name;
+use crate::{Error, Result};
+
+/// What a GC pass removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// (address, container id, ifname) reservations released.
+    pub released: Vec<(IpAddr, String, String)>,
+    /// Host veths deleted.
+    pub links: Vec<String>,
+}
+
+impl GcReport {
+    pub fn is_empty(&self) -> bool {
+        self.released.is_empty() && self.links.is_empty()
+    }
+}
+
+impl fmt::Display for GcReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "released {} address(es), deleted {} link(s)",
+            self.released.len(),
+            self.links.len()
+        )?;
+        for (ip, id, ifname) in &self.released {
+            write!(f, "; {ip} ({id}/{ifname})")?;
+        }
+        for l in &self.links {
+            write!(f, "; link {l}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Is a podwire host veth name: "pw" + 12 lowercase hex digits.
+fn is_podwire_veth(name: &str) -> bool {
+    name.len() == 14
+        && name.starts_with("pw")
+        && name[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Remove what no valid attachment owns. Errors on single items are reported on stderr
+/// and skipped; the first one is returned after the pass.
+pub fn gc(net: &Network, valid: &BTreeSet<(String, String)>) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    let mut first_err: Option<Error> = None;
+    let is_valid = |id: &str, ifname: &str| {
+        valid.contains(&(id.to_string(), ifname.to_string()))
+            // host-local records without an ifname match on the id alone
+            || (ifname.is_empty() && valid.iter().any(|(i, _)| i == id))
+    };
+
+    let store = Store::open(&net.data_dir, &net.name)?;
+    let records = store.records()?;
+    let (keep, stale): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|(_, id, ifname)| is_valid(id, ifname));
+    // Release under the lock, so an address is never both freed and handed out.
+    for (ip, id, ifname) in stale {
+        store.release_ips(&[ip], &id, &ifname);
+        report.released.push((ip, id, ifname));
+    }
+    drop(store);
+
+    // Links that a listed or still-reserved attachment owns.
+    let mut owned = BTreeSet::new();
+    for (id, ifname) in valid {
+        owned.insert(host_veth_name(id, ifname));
+    }
+    for (_, id, ifname) in &keep {
+        owned.insert(host_veth_name(id, ifname));
+    }
+    let mut nl = Netlink::open()?;
+    if let Some(br) = nl.link_by_name(&net.bridge)? {
+        for l in nl.links()? {
+            if l.controller == Some(br.index)
+                && is_podwire_veth(&l.name)
+                && !owned.contains(&l.name)
+            {
+                match nl.delete_link(&l.name) {
+                    Ok(true) => report.links.push(l.name),
+                    Ok(false) => {}
+                    Err(e) => {
+                        eprintln!("runtime-shim: GC: {e}");
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podwire_veth_names() {
+        assert!(is_podwire_veth(&host_veth_name("abc", "eth0")));
+        for not in ["pw", "pwbr0", "pw0123456789ag", "eth0", "pw0123456789abc"] {
+            assert!(!is_podwire_veth(not), "{not}");
+        }
+    }
+}
