@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub use netns::NetNs;
 
 pub mod oci;
+pub mod podman;
 
 /// Prefix of every namespace the tests create: `pwt-<pid>-<n>-<tag>`.
 pub const PREFIX: &str = "pwt-";

@@ -4,9 +4,9 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
+use podwire_tests::podman::Podman;
 use podwire_tests::*;
 
 fn json_file(p: &Path) -> serde_json::Value {
@@ -14,17 +14,7 @@ fn json_file(p: &Path) -> serde_json::Value {
 }
 
 fn build_image(dir: &Path, image_ref: &str) -> std::path::PathBuf {
-    let out = dir.join("pause-image.tar");
-    let script = workspace_root().join("pause/mk-image.sh");
-    ok(
-        script.to_str().unwrap(),
-        &[
-            pause_bin().to_str().unwrap(),
-            image_ref,
-            out.to_str().unwrap(),
-        ],
-    );
-    out
+    podwire_tests::podman::build_pause_image(dir, image_ref)
 }
 
 #[test]
@@ -100,86 +90,9 @@ fn image_archive_is_a_one_layer_oci_layout() {
     );
 }
 
-/// A private podman: its own store, run root and containers.conf (runc, capped ulimits,
-/// cgroupfs: see README "Runtime notes").
-struct Podman {
-    dir: TempDir,
-    pods: Vec<String>,
-}
-
-impl Podman {
-    fn new() -> Podman {
-        require_root();
-        require_tool("podman");
-        let dir = TempDir::new("podman");
-        let hard = run("sh", &["-c", "ulimit -Hn"]);
-        let mut nofile = String::from_utf8_lossy(&hard.stdout).trim().to_string();
-        if nofile == "unlimited" || nofile.is_empty() {
-            nofile = "1048576".into();
-        }
-        let conf = format!(
-            "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc=32768:32768\"]\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-             [network]\nnetwork_backend = \"netavark\"\nnetwork_config_dir = \"{}/net.d\"\n",
-            dir.path().display()
-        );
-        std::fs::write(dir.path().join("containers.conf"), conf).unwrap();
-        Podman {
-            dir,
-            pods: Vec::new(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let d = self.dir.path();
-        std::process::Command::new("podman")
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .args(["--root", d.join("store").to_str().unwrap()])
-            .args(["--runroot", d.join("run").to_str().unwrap()])
-            .args(["--tmpdir", d.join("tmp").to_str().unwrap()])
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("podman")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        for pod in &self.pods {
-            let id = self.run(&["pod", "inspect", "-f", "{{.ID}}", pod]);
-            let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
-            self.run(&["pod", "rm", "-f", "-t", "0", pod]);
-            // podman 4.3 with cgroupfs on cgroup v1 leaves empty libpod_parent/<pod-id> dirs.
-            if !id.is_empty() {
-                for ctl in std::fs::read_dir("/sys/fs/cgroup")
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let d = ctl.path().join("libpod_parent").join(&id);
-                    let _ = std::fs::remove_dir(d);
-                }
-            }
-        }
-        self.run(&["system", "reset", "--force"]);
-    }
-}
-
 #[test]
 fn podman_loads_the_image_and_runs_it_as_pod_infra() {
-    let mut podman = Podman::new();
+    let mut podman = Podman::new("netavark", "", None);
     let dir = TempDir::new("img-podman");
     let image = "localhost/podwire/pause:test";
     let archive = build_image(dir.path(), image);
