@@ -9,7 +9,7 @@ PAUSE_REF ?= localhost/podwire/pause:$(VERSION)
 
 # Debian packages the project drives or measures against.
 DEB_PKGS := iproute2 iptables runc busybox-static catatonit containernetworking-plugins \
-	podman netavark util-linux procps psmisc file binutils tar gzip hyperfine
+	podman netavark containerd protobuf-compiler util-linux procps psmisc file binutils tar gzip hyperfine
 
 .PHONY: all build pause pause-image test unit-test privileged-test demo bench lint fmt deps install clean
 

@@ -5,15 +5,25 @@
 #   mk-image.sh <pause-binary> <image-ref> <out.tar>
 #   e.g. mk-image.sh target/pause/pause localhost/podwire/pause:0.1.0 out/pause-image.tar
 #
+# Tests also use it for other one-layer images: given a directory instead of a binary, the
+# layer is the whole directory, and IMAGE_ENTRYPOINT / IMAGE_CMD (JSON) and IMAGE_USER
+# replace the pause defaults.
+#
 # Loads with `podman load -i out.tar` and `ctr -n k8s.io images import out.tar`.
 set -eu
 bin=$1 ref=$2 out=$3
 case $ref in *:*) ;; *) echo "mk-image.sh: image-ref must be name:tag, got '$ref'" >&2; exit 2 ;; esac
-[ -f "$bin" ] || { echo "mk-image.sh: no pause binary at $bin (run make pause)" >&2; exit 2; }
+[ -e "$bin" ] || { echo "mk-image.sh: no pause binary at $bin (run make pause)" >&2; exit 2; }
+entrypoint=${IMAGE_ENTRYPOINT:-'["/pause"]'} cmd=${IMAGE_CMD:-null} user=${IMAGE_USER:-65535:65535}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/root" "$work/oci/blobs/sha256"
-install -m 0755 "$bin" "$work/root/pause"
+if [ -d "$bin" ]; then
+  src=$bin members=.
+else
+  install -m 0755 "$bin" "$work/root/pause"
+  src=$work/root members=pause
+fi
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 size() { stat -c %s "$1"; }
@@ -22,7 +32,7 @@ blob() { d=$(sha "$1"); mv "$1" "$work/oci/blobs/sha256/$d"; echo "$d"; }
 # The layer: just /pause, root-owned, epoch mtime.
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=posix \
     --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
-    -C "$work/root" -cf "$work/layer.tar" pause
+    -C "$src" -cf "$work/layer.tar" $members
 diff_id=$(sha "$work/layer.tar")
 gzip -9 -n "$work/layer.tar"
 lsize=$(size "$work/layer.tar.gz")
@@ -30,7 +40,7 @@ ldig=$(blob "$work/layer.tar.gz")
 
 # The config: run /pause as 65535:65535 (kubernetes' pause image user), from /.
 printf '%s' '{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z",'\
-'"config":{"User":"65535:65535","Entrypoint":["/pause"],"WorkingDir":"/",'\
+'"config":{"User":"'"$user"'","Entrypoint":'"$entrypoint"',"Cmd":'"$cmd"',"WorkingDir":"/",'\
 '"Labels":{"io.podwire.component":"pause"}},'\
 '"rootfs":{"type":"layers","diff_ids":["sha256:'"$diff_id"'"]},'\
 '"history":[{"created":"1970-01-01T00:00:00Z","created_by":"podwire pause/mk-image.sh"}]}' \

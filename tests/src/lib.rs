@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub use netns::NetNs;
 
+pub mod containerd;
 pub mod oci;
 pub mod podman;
 

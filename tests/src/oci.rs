@@ -221,3 +221,28 @@ pub fn shim_hooks(shim: &Path, config: &Path, state_dir: &Path, stages: &[&str])
 pub fn http_get_script(host: &str, port: u16) -> String {
     format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}")
 }
+
+/// A tool's absolute path: `$PATH`, then the sbin dirs (runc is in /usr/sbin).
+pub fn find(tool: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{tool} is not installed; run `make deps`"))
+}
+
+/// An OCI image archive of a rootfs directory (pause/mk-image.sh in directory mode).
+pub fn image_from_dir(dir: &Path, image_ref: &str, out: &Path, cmd: &str) {
+    let script = crate::workspace_root().join("pause/mk-image.sh");
+    let o = Command::new(script)
+        .arg(dir)
+        .arg(image_ref)
+        .arg(out)
+        .env("IMAGE_ENTRYPOINT", "null")
+        .env("IMAGE_CMD", cmd)
+        .env("IMAGE_USER", "0:0")
+        .output()
+        .expect("mk-image.sh");
+    assert!(o.status.success(), "mk-image.sh: {o:?}");
+}

@@ -239,7 +239,9 @@ fn bad_input_gets_cni_error_json_and_changes_nothing() {
     let p = t.node.add_pod("cnibad-pod");
     let pod = t.node.pod(p).path();
     let conf = t.conf.clone();
-    let cases: Vec<(Vec<(&str, String)>, Vec<u8>, u64, &str)> = vec![
+    // (environment overrides, stdin, expected code, expected text)
+    type Case<'a> = (Vec<(&'a str, String)>, Vec<u8>, u64, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![], b"{\"cniVersion\": ".to_vec(), 6, "cannot parse"),
         (vec![], br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local","subnet":"10.0.0.0/99"}}"#.to_vec(), 7, "ipam.subnet"),
         (vec![], br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"dhcp"}}"#.to_vec(), 7, "ipam.type"),
