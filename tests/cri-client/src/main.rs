@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -98,8 +98,8 @@ fn call(call: &'static str) -> impl FnOnce(tonic::Status) -> Error {
     }
 }
 
-async fn channel(socket: &PathBuf) -> Result<Channel, Error> {
-    let sock = socket.clone();
+async fn channel(socket: &Path) -> Result<Channel, Error> {
+    let sock = socket.to_path_buf();
     // The URI is a placeholder: the connector dials the unix socket.
     Endpoint::from_static("http://[::]:50051")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -113,7 +113,7 @@ async fn channel(socket: &PathBuf) -> Result<Channel, Error> {
         })
 }
 
-fn sandbox_config(name: &str, namespace: &str, log_dir: &PathBuf) -> PodSandboxConfig {
+fn sandbox_config(name: &str, namespace: &str, log_dir: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
