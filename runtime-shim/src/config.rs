@@ -265,6 +265,27 @@ pub fn load(bytes: &[u8]) -> Result<(NetConf, Network)> {
     Ok((conf, net))
 }
 
+/// Kubernetes object names (Node names): an RFC 1123 DNS subdomain.
+pub fn validate_dns_label(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name (lowercase letters, digits, '-' and '.', at most 253)"
+        ))
+    }
+}
+
 /// CNI network names: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`; also a directory name under dataDir.
 fn validate_network_name(name: &str) -> Result<()> {
     if name.is_empty() {

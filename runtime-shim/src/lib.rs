@@ -21,6 +21,7 @@ pub mod link;
 pub mod masq;
 pub mod plan;
 pub mod result;
+pub mod routes;
 
 pub use apply::{check, setup, teardown};
 pub use config::{NetConf, Network};

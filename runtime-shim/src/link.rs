@@ -8,8 +8,8 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
@@ -439,6 +439,29 @@ impl Netlink {
                 e,
             )),
         }
+    }
+
+    /// Add or replace a route via a gateway the kernel resolves to an interface (for
+    /// routes to other nodes' pod subnets). Idempotent.
+    pub fn replace_route_via(&mut self, dst: IpNet, gw: IpAddr) -> Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(dst.addr());
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = RouteScope::Universe;
+        m.header.kind = RouteType::Unicast;
+        if dst.prefix_len() > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(route_addr(dst.addr())));
+        }
+        m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+        .map_err(|e| nl_err(format!("replace route {dst} via {gw}"), e))
     }
 
     /// Routes of the main table, both families.

@@ -95,6 +95,25 @@ enum Cmd {
         #[arg(long = "valid")]
         valid: Vec<String>,
     },
+    /// Routes between nodes' pod subnets, from a list of Kubernetes Node objects
+    /// (`kubectl get nodes -o json`). Prints JSON; `--apply` installs this node's routes.
+    Routes {
+        /// NodeList JSON; `-` reads stdin.
+        #[arg(long)]
+        nodes: PathBuf,
+        /// This node's name.
+        #[arg(long)]
+        node: String,
+        /// Carve pod CIDRs out of this range for nodes that have none.
+        #[arg(long)]
+        cluster_cidr: Option<ipnet::IpNet>,
+        /// Size of each node's pod CIDR.
+        #[arg(long, default_value_t = 24)]
+        node_cidr_mask: u8,
+        /// Install the routes in this network namespace (replacing existing ones).
+        #[arg(long)]
+        apply: bool,
+    },
     /// Remove the network's masquerade rules (pod teardown never does).
     Unmasq {
         #[arg(long)]
@@ -167,6 +186,46 @@ fn run(cmd: Cmd) -> Result<()> {
             println!(
                 "{}",
                 serde_json::json!({"network": t.net, "ipc": show(&t.ipc), "uts": show(&t.uts)})
+            );
+        }
+        Cmd::Routes {
+            nodes,
+            node,
+            cluster_cidr,
+            node_cidr_mask,
+            apply,
+        } => {
+            let bytes = if nodes == Path::new("-") {
+                read_stdin()?
+            } else {
+                std::fs::read(&nodes).map_err(|e| Error::Io {
+                    op: "read nodes",
+                    path: nodes.clone(),
+                    source: e,
+                })?
+            };
+            let mut all = runtime_shim::routes::parse_nodes(&bytes)?;
+            if let Some(c) = cluster_cidr {
+                runtime_shim::routes::carve(&mut all, c, node_cidr_mask)?;
+            }
+            let routes = runtime_shim::routes::routes_for(&all, &node)?;
+            if apply {
+                runtime_shim::check_capabilities()?;
+                let mut nl = runtime_shim::link::Netlink::open()?;
+                for r in &routes {
+                    nl.replace_route_via(r.dst, r.via)?;
+                }
+            }
+            let me = all.iter().find(|n| n.name == node);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "node": node,
+                    "podCIDRs": me.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
+                    "nodes": all,
+                    "routes": routes,
+                    "applied": apply,
+                })
             );
         }
         Cmd::Gc { config, valid } => {

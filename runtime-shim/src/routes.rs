@@ -1,0 +1,333 @@
+//! Routes between nodes' pod subnets (`runtime-shim routes`): what kubenet or flannel's
+//! host-gw backend does. From a list of Kubernetes Node objects (`kubectl get nodes -o
+//! json`), carve pod CIDRs out of the cluster range for nodes that have none (as the node
+//! IPAM controller does), then give each node a route to every other node's pod CIDR via
+//! that node's InternalIP. Pure planning here; `--apply` installs the routes by netlink.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// One node, as far as routing cares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub name: String,
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<IpNet>,
+    #[serde(rename = "internalIPs")]
+    pub internal_ips: Vec<IpAddr>,
+}
+
+/// A route to install on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeRoute {
+    pub dst: IpNet,
+    pub via: IpAddr,
+    /// The node that owns `dst`.
+    pub node: String,
+}
+
+#[derive(Deserialize)]
+struct List {
+    #[serde(default)]
+    items: Vec<K8sNode>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct K8sNode {
+    metadata: Meta,
+    spec: Spec,
+    status: Status,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Meta {
+    name: String,
+}
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Spec {
+    #[serde(rename = "podCIDR")]
+    pod_cidr: String,
+    #[serde(rename = "podCIDRs")]
+    pod_cidrs: Vec<String>,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Status {
+    addresses: Vec<Address>,
+}
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Address {
+    #[serde(rename = "type")]
+    kind: String,
+    address: String,
+}
+
+fn bad(field: String, reason: impl Into<String>) -> Error {
+    Error::Config {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Parse a NodeList (`{"items": [...]}`) or a bare array of Node objects.
+pub fn parse_nodes(bytes: &[u8]) -> Result<Vec<NodeInfo>> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(Error::Decode)?;
+    let items: Vec<K8sNode> = if v.is_array() {
+        serde_json::from_value(v)
+    } else {
+        serde_json::from_value::<List>(v).map(|l| l.items)
+    }
+    .map_err(|e| bad("items".into(), format!("not a list of Node objects: {e}")))?;
+    let mut out: Vec<NodeInfo> = Vec::new();
+    for (i, n) in items.into_iter().enumerate() {
+        let field = |f: &str| format!("items[{i}].{f}");
+        crate::config::validate_dns_label(&n.metadata.name)
+            .map_err(|r| bad(field("metadata.name"), r))?;
+        if out.iter().any(|o| o.name == n.metadata.name) {
+            return Err(bad(
+                field("metadata.name"),
+                format!("duplicate node {:?}", n.metadata.name),
+            ));
+        }
+        let mut cidrs = n.spec.pod_cidrs.clone();
+        if cidrs.is_empty() && !n.spec.pod_cidr.is_empty() {
+            cidrs.push(n.spec.pod_cidr.clone());
+        }
+        let pod_cidrs = cidrs
+            .iter()
+            .map(|c| {
+                let net: IpNet = c
+                    .parse()
+                    .map_err(|_| bad(field("spec.podCIDRs"), format!("invalid CIDR {c:?}")))?;
+                if net != net.trunc() {
+                    return Err(bad(
+                        field("spec.podCIDRs"),
+                        format!("{c} has host bits set"),
+                    ));
+                }
+                Ok(net)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let internal_ips = n
+            .status
+            .addresses
+            .iter()
+            .filter(|a| a.kind == "InternalIP")
+            .map(|a| {
+                a.address.parse::<IpAddr>().map_err(|_| {
+                    bad(
+                        field("status.addresses"),
+                        format!("invalid InternalIP {:?}", a.address),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(NodeInfo {
+            name: n.metadata.name,
+            pod_cidrs,
+            internal_ips,
+        });
+    }
+    Ok(out)
+}
+
+/// Give every node without a pod CIDR of `cluster`'s family the lowest free `/mask`
+/// subnet of `cluster`, in node-name order, never the first one (the cluster range's own
+/// address, as flannel skips it).
+pub fn carve(nodes: &mut [NodeInfo], cluster: IpNet, mask: u8) -> Result<()> {
+    if mask < cluster.prefix_len() || mask > cluster.max_prefix_len() {
+        return Err(bad(
+            "nodeCIDRMask".into(),
+            format!("/{mask} does not fit inside {cluster}"),
+        ));
+    }
+    let cluster = cluster.trunc();
+    let same = |n: &IpNet| n.addr().is_ipv4() == cluster.addr().is_ipv4();
+    let taken: Vec<IpNet> = nodes
+        .iter()
+        .flat_map(|n| n.pod_cidrs.iter().copied())
+        .collect();
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by(|a, b| nodes[*a].name.cmp(&nodes[*b].name));
+    let subnets = cluster
+        .subnets(mask)
+        .map_err(|e| bad("nodeCIDRMask".into(), e.to_string()))?;
+    let mut free = subnets.skip(1).filter(|s| {
+        !taken
+            .iter()
+            .any(|t| t.contains(&s.network()) || s.contains(&t.network()))
+    });
+    for i in order {
+        if nodes[i].pod_cidrs.iter().any(same) {
+            continue;
+        }
+        let s = free.next().ok_or_else(|| {
+            bad(
+                "clusterCIDR".into(),
+                format!(
+                    "{cluster} has no free /{mask} left for node {}",
+                    nodes[i].name
+                ),
+            )
+        })?;
+        nodes[i].pod_cidrs.push(s);
+    }
+    Ok(())
+}
+
+/// The routes node `me` needs: every other node's pod CIDRs via its InternalIP of the
+/// same family. Overlapping pod CIDRs are refused: traffic could not be routed.
+pub fn routes_for(nodes: &[NodeInfo], me: &str) -> Result<Vec<NodeRoute>> {
+    if !nodes.iter().any(|n| n.name == me) {
+        return Err(bad(
+            "node".into(),
+            format!("{me:?} is not in the nodes list"),
+        ));
+    }
+    let all: Vec<(&str, IpNet)> = nodes
+        .iter()
+        .flat_map(|n| n.pod_cidrs.iter().map(move |c| (n.name.as_str(), *c)))
+        .collect();
+    for (i, (a, x)) in all.iter().enumerate() {
+        for (b, y) in &all[i + 1..] {
+            if x.contains(&y.network()) || y.contains(&x.network()) {
+                return Err(bad(
+                    "spec.podCIDRs".into(),
+                    format!("{x} of node {a} overlaps {y} of node {b}"),
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for n in nodes.iter().filter(|n| n.name != me) {
+        for c in &n.pod_cidrs {
+            let via = n
+                .internal_ips
+                .iter()
+                .find(|ip| ip.is_ipv4() == c.addr().is_ipv4())
+                .ok_or_else(|| {
+                    bad(
+                        "status.addresses".into(),
+                        format!("node {} has no InternalIP of {c}'s family", n.name),
+                    )
+                })?;
+            out.push(NodeRoute {
+                dst: *c,
+                via: *via,
+                node: n.name.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(json: &str) -> Vec<NodeInfo> {
+        parse_nodes(json.as_bytes()).unwrap()
+    }
+
+    const TWO: &str = r#"{"kind":"NodeList","items":[
+        {"metadata":{"name":"node-2"},"status":{"addresses":[{"type":"InternalIP","address":"192.168.77.2"},{"type":"Hostname","address":"node-2"}]}},
+        {"metadata":{"name":"node-1"},"status":{"addresses":[{"type":"InternalIP","address":"192.168.77.1"}]}}]}"#;
+
+    #[test]
+    fn carves_in_name_order_skipping_the_first_subnet() {
+        let mut n = nodes(TWO);
+        carve(&mut n, "10.244.0.0/16".parse().unwrap(), 24).unwrap();
+        let by = |name: &str| n.iter().find(|x| x.name == name).unwrap().pod_cidrs.clone();
+        assert_eq!(
+            by("node-1"),
+            vec!["10.244.1.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            by("node-2"),
+            vec!["10.244.2.0/24".parse::<IpNet>().unwrap()]
+        );
+        let r = routes_for(&n, "node-1").unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].dst.to_string(), "10.244.2.0/24");
+        assert_eq!(r[0].via.to_string(), "192.168.77.2");
+        assert_eq!(r[0].node, "node-2");
+        // Carving again changes nothing.
+        let before = n.clone();
+        carve(&mut n, "10.244.0.0/16".parse().unwrap(), 24).unwrap();
+        assert_eq!(before, n);
+    }
+
+    #[test]
+    fn existing_cidrs_are_kept_and_skipped() {
+        let mut n = nodes(
+            r#"[{"metadata":{"name":"a"},"spec":{"podCIDR":"10.244.1.0/24"},"status":{"addresses":[{"type":"InternalIP","address":"10.0.0.1"}]}},
+                {"metadata":{"name":"b"},"status":{"addresses":[{"type":"InternalIP","address":"10.0.0.2"}]}}]"#,
+        );
+        carve(&mut n, "10.244.0.0/16".parse().unwrap(), 24).unwrap();
+        assert_eq!(n[1].pod_cidrs[0].to_string(), "10.244.2.0/24");
+    }
+
+    #[test]
+    fn exhaustion_and_bad_input() {
+        let mut n = nodes(TWO);
+        let e = carve(&mut n, "10.244.0.0/24".parse().unwrap(), 25)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no free /25"), "{e}");
+        assert!(carve(&mut n, "10.244.0.0/16".parse().unwrap(), 8).is_err());
+        for (j, want) in [
+            ("{", "cannot parse"),
+            (
+                r#"{"items":[{"metadata":{"name":"Bad_Name"}}]}"#,
+                "items[0].metadata.name",
+            ),
+            (
+                r#"[{"metadata":{"name":"a"},"spec":{"podCIDR":"10.1.0.1/24"}}]"#,
+                "host bits",
+            ),
+            (
+                r#"[{"metadata":{"name":"a"},"spec":{"podCIDR":"nope"}}]"#,
+                "items[0].spec.podCIDRs",
+            ),
+            (
+                r#"[{"metadata":{"name":"a"},"status":{"addresses":[{"type":"InternalIP","address":"1.2.3"}]}}]"#,
+                "InternalIP",
+            ),
+            (
+                r#"[{"metadata":{"name":"a"}},{"metadata":{"name":"a"}}]"#,
+                "duplicate",
+            ),
+        ] {
+            let e = parse_nodes(j.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(want), "{j}: {e}");
+        }
+        let n = nodes(
+            r#"[{"metadata":{"name":"a"},"spec":{"podCIDR":"10.244.0.0/16"}},
+                {"metadata":{"name":"b"},"spec":{"podCIDR":"10.244.1.0/24"}}]"#,
+        );
+        assert!(
+            routes_for(&n, "a")
+                .unwrap_err()
+                .to_string()
+                .contains("overlaps")
+        );
+        let n = nodes(
+            r#"[{"metadata":{"name":"a"}},{"metadata":{"name":"b"},"spec":{"podCIDR":"10.9.0.0/24"}}]"#,
+        );
+        assert!(
+            routes_for(&n, "a")
+                .unwrap_err()
+                .to_string()
+                .contains("no InternalIP")
+        );
+        assert!(routes_for(&n, "zzz").is_err());
+    }
+}
