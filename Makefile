@@ -38,10 +38,11 @@ privileged-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "make test: the privileged tests need root" >&2; exit 1; fi
 	$(CARGO) test -p podwire-tests
 
-## demo: what podwire does, live, inside throwaway namespaces
+## demo: the Kubernetes networking walkthrough, live, inside throwaway namespaces
+##       (DEMO_ARGS=--quiet, --json, --color=always|never)
 demo: deps build
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root" >&2; exit 1; fi
-	tests/demo.sh
+	@target/debug/podwire-demo $(DEMO_ARGS)
 
 ## bench: benchmarks (root); figures go to BENCHMARKS.md by hand, with the method
 bench: deps pause

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub use netns::NetNs;
 
 pub mod containerd;
+pub mod demo;
 pub mod oci;
 pub mod podman;
 
@@ -224,10 +225,14 @@ impl Drop for TempDir {
 /// first), found next to the test executable: target/<profile>/<name>.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
+    // Tests live in target/<profile>/deps, binaries (the demo) in target/<profile>.
+    let mut dir = exe
         .parent()
-        .and_then(|d| d.parent())
-        .expect("test executable lives in target/<profile>/deps");
+        .expect("executable has a directory")
+        .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     let p = dir.join(name);
     assert!(
         p.is_file(),

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 /// busybox applets the tests and the demo use.
 const APPLETS: &[&str] = &[
     "sh", "httpd", "nc", "ip", "sleep", "cat", "echo", "printf", "hostname", "ls", "ping", "true",
-    "false", "wc", "grep",
+    "false", "wc", "grep", "tail",
 ];
 
 /// A read-only rootfs shared by every container: static busybox with its applets, our

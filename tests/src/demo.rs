@@ -1,0 +1,911 @@
+//! The `make demo` walkthrough: how Kubernetes networking works, step by step, with real
+//! kernel objects and a real runtime (runc), inside throwaway node namespaces. Every step
+//! prints a heading and the real command output, and records what it observed in a
+//! [`Summary`] (the privileged test asserts on it). Everything is removed at the end, on
+//! failure and on Ctrl-C (a signal thread turns SIGINT/SIGTERM into an error between
+//! actions, so the normal destructors run).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::oci::{self, Runc};
+use crate::{Ns, TempDir, bin, pause_bin, require_root, require_tool};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Block SIGINT/SIGTERM in this (and every later) thread and note them on a thread of
+/// their own; child processes get a clean mask from std's spawn.
+pub fn install_signal_watch() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if set.thread_block().is_ok() {
+        std::thread::spawn(move || {
+            if set.wait().is_ok() {
+                INTERRUPTED.store(true, Ordering::SeqCst);
+                eprintln!("\ninterrupted: cleaning up");
+            }
+        });
+    }
+}
+
+type R<T> = Result<T, String>;
+
+fn check_interrupt() -> R<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Opts {
+    pub color: bool,
+    pub quiet: bool,
+}
+
+impl Opts {
+    pub fn for_terminal(quiet: bool) -> Opts {
+        Opts {
+            color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            quiet,
+        }
+    }
+}
+
+/// What each step observed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub n: u32,
+    pub name: String,
+    pub ok: bool,
+    pub facts: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Summary {
+    pub ok: bool,
+    pub seconds: f64,
+    pub steps: Vec<Step>,
+    pub error: Option<String>,
+    /// Namespaces, pins and runc containers of this run still present after cleanup.
+    pub left_behind: Vec<String>,
+}
+
+struct Out {
+    o: Opts,
+}
+
+impl Out {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.o.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+    fn heading(&self, n: u32, title: &str) {
+        if !self.o.quiet {
+            println!("\n{}", self.paint("1;36", &format!("== {n}. {title} ==")));
+        }
+    }
+    fn say(&self, s: &str) {
+        if !self.o.quiet {
+            println!("{s}");
+        }
+    }
+    fn cmd(&self, shown: &str, output: &str) {
+        if !self.o.quiet {
+            println!("{}", self.paint("32", &format!("$ {shown}")));
+            for l in output.trim_end().lines() {
+                println!("  {l}");
+            }
+        }
+    }
+    fn good(&self, s: &str) {
+        if !self.o.quiet {
+            println!("{} {s}", self.paint("1;32", "✓"));
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&o.stderr));
+    s
+}
+
+/// Run a command inside a namespace; Err with its output if it fails.
+fn ns_run(ns: &Path, cmd: &str, args: &[&str]) -> R<String> {
+    check_interrupt()?;
+    let o = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .arg("--")
+        .arg(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(format!("`{cmd} {}` failed: {}", args.join(" "), text(&o)))
+    }
+}
+
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+const SERVICE_IP: &str = "10.96.0.10";
+const NODE_NET: &str = "192.168.77";
+
+struct DemoNode {
+    name: String,
+    // Field order is drop order: containers go before the namespace.
+    runc: Runc,
+    ns: Ns,
+    config: PathBuf,
+    state: PathBuf,
+}
+
+#[derive(Clone)]
+struct Pod {
+    name: String,
+    node: usize,
+    sandbox: String,
+    app: String,
+    ip: String,
+    app_label: String,
+}
+
+struct Cluster {
+    nodes: Vec<DemoNode>,
+    pods: Vec<Pod>,
+    shim: PathBuf,
+    rootfs: PathBuf,
+    podwire_state: PathBuf,
+    prefix: String,
+    rng: u64,
+    out: Out,
+    tmp: TempDir,
+}
+
+impl Cluster {
+    fn rand(&mut self) -> u64 {
+        // xorshift: names only need to look like Kubernetes', not be secure.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// A ReplicaSet-style suffix (Kubernetes' alphabet without vowels and look-alikes).
+    fn suffix(&mut self, len: usize) -> String {
+        const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+        (0..len)
+            .map(|_| ALPHA[(self.rand() % ALPHA.len() as u64) as usize] as char)
+            .collect()
+    }
+
+    fn node_ns(&self, i: usize) -> PathBuf {
+        self.nodes[i].ns.path()
+    }
+
+    fn add_node(&mut self, name: &str, pod_cidr: &str) -> R<usize> {
+        let ns = Ns::new(&format!("demo-{name}"));
+        let i = self.nodes.len();
+        let dir = self.tmp.path().join(name);
+        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let config = dir.join("net.json");
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "pods", "type": "runtime-shim", "bridge": "cni0",
+            "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
+                     "dataDir": dir.join("ipam")}
+        });
+        fs::write(
+            &config,
+            serde_json::to_vec_pretty(&conf).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        // Bridged pod-to-pod replies must pass iptables for Service DNAT (br_netfilter),
+        // as on every Kubernetes node; the setting is per namespace.
+        ns_run(
+            &ns.path(),
+            "sh",
+            &[
+                "-c",
+                "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables",
+            ],
+        )?;
+        let runc = Runc::new(&dir, &ns.path());
+        self.nodes.push(DemoNode {
+            name: name.to_string(),
+            runc,
+            ns,
+            config,
+            state: dir.join("iptables-gen-state"),
+        });
+        Ok(i)
+    }
+
+    /// A pod: a pause sandbox wired by the shim's hook, and an httpd app container joined
+    /// to it answering with the pod's name.
+    fn start_pod(&mut self, node: usize, name: &str, app_label: &str) -> R<Pod> {
+        check_interrupt()?;
+        let sandbox = format!("{}-{name}", self.prefix);
+        let app = format!("{sandbox}-app");
+        let dir = self.tmp.path().join("pods").join(name);
+        let www = dir.join("www");
+        fs::create_dir_all(&www).map_err(|e| e.to_string())?;
+        fs::write(www.join("index.html"), format!("{name}\n")).map_err(|e| e.to_string())?;
+        let n = &self.nodes[node];
+        let sb = dir.join("sandbox");
+        let mut spec = n.runc.bundle(&sb, &self.rootfs, &["/pause"], None);
+        spec["hostname"] = json!(name);
+        spec["process"]["user"] = json!({"uid": 65535, "gid": 65535});
+        spec["hooks"] = oci::shim_hooks(
+            &self.shim,
+            &n.config,
+            &self.podwire_state,
+            &["createRuntime"],
+        );
+        oci::write_config(&sb, &spec);
+        n.runc
+            .run_detached(&sandbox, &sb)
+            .map_err(|log| format!("sandbox {name}: {log}"))?;
+        let rec: Value = fs::read(self.podwire_state.join(format!("{sandbox}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| format!("no shim record for {sandbox}"))?;
+        let ip = rec["result"]["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .ok_or("no IP in the shim's result")?
+            .to_string();
+        let ab = dir.join("app");
+        n.runc.bundle(
+            &ab,
+            &self.rootfs,
+            &["httpd", "-f", "-p", "80", "-h", "/www"],
+            Some(&www),
+        );
+        self.join(&sandbox, &ab)?;
+        n.runc
+            .run_detached(&app, &ab)
+            .map_err(|log| format!("app {name}: {log}"))?;
+        let pod = Pod {
+            name: name.to_string(),
+            node,
+            sandbox,
+            app,
+            ip,
+            app_label: app_label.to_string(),
+        };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    fn join(&self, sandbox: &str, bundle: &Path) -> R<()> {
+        let o = Command::new(&self.shim)
+            .args(["join", "--sandbox", sandbox, "--state-dir"])
+            .arg(&self.podwire_state)
+            .arg(bundle)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!("join: {}", text(&o)))
+        }
+    }
+
+    fn delete_pod(&mut self, name: &str) -> R<Pod> {
+        let i = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| format!("no pod {name}"))?;
+        let p = self.pods.remove(i);
+        let rt = &self.nodes[p.node].runc;
+        for id in [&p.app, &p.sandbox] {
+            let o = rt.delete(id);
+            if !o.status.success() {
+                return Err(format!("runc delete {id}: {}", text(&o)));
+            }
+        }
+        Ok(p)
+    }
+
+    /// A short-lived container joined to `pod`, running `script`; its stdout.
+    fn in_pod(&self, pod: &Pod, tag: &str, script: &str) -> R<Output> {
+        check_interrupt()?;
+        let id = format!("{}-{tag}", pod.sandbox);
+        let b = self.tmp.path().join("pods").join(&pod.name).join(tag);
+        let rt = &self.nodes[pod.node].runc;
+        rt.bundle(&b, &self.rootfs, &["sh", "-c", script], None);
+        self.join(&pod.sandbox, &b)?;
+        Ok(rt.run_fg(&id, &b))
+    }
+
+    /// `n` HTTP requests from `client` to `host:port`; who answered, counted.
+    fn tally(&self, client: &Pod, host: &str, port: u16, n: usize) -> R<BTreeMap<String, usize>> {
+        let script = format!(
+            "i=0; while [ $i -lt {n} ]; do {} | tail -n 1; i=$((i+1)); done",
+            oci::http_get_script(host, port)
+        );
+        let o = self.in_pod(client, "tally", &script)?;
+        let mut t = BTreeMap::new();
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            *t.entry(l.trim().to_string()).or_insert(0) += 1;
+        }
+        let answered: usize = t.values().sum();
+        if answered < n {
+            *t.entry("(no answer)".into()).or_insert(0) += n - answered;
+        }
+        Ok(t)
+    }
+
+    /// GET http://ip/ from a client pod, retrying briefly while a server starts.
+    fn get_from(&self, client: &Pod, ip: &str) -> R<String> {
+        let mut last = String::new();
+        for _ in 0..30 {
+            let o = self.in_pod(client, "get", &oci::http_get_script(ip, 80))?;
+            let body = String::from_utf8_lossy(&o.stdout);
+            if let Some(b) = body.split("\r\n\r\n").nth(1) {
+                return Ok(b.trim().to_string());
+            }
+            last = text(&o);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("no answer from {ip}: {last}"))
+    }
+
+    fn services_json(&self, endpoints: &[&Pod]) -> Value {
+        let eps: Vec<Value> = endpoints
+            .iter()
+            .map(|p| {
+                json!({"addresses": [p.ip], "conditions": {"ready": true},
+                       "nodeName": self.nodes[p.node].name,
+                       "targetRef": {"kind": "Pod", "name": p.name, "namespace": "default"}})
+            })
+            .collect();
+        json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "my-service", "namespace": "default"},
+             "spec": {"type": "ClusterIP", "clusterIP": SERVICE_IP, "selector": {"app": "nginx"},
+                      "ports": [{"name": "http", "protocol": "TCP", "port": 8080, "targetPort": 80}]}},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "my-service-7xk2p", "namespace": "default",
+                          "labels": {"kubernetes.io/service-name": "my-service"}},
+             "addressType": "IPv4",
+             "ports": [{"name": "http", "protocol": "TCP", "port": 80}],
+             "endpoints": eps}
+        ]})
+    }
+
+    /// kube-proxy's job on node `i`: the selected pods as endpoints, rules applied.
+    fn sync_services(&self, i: usize) -> R<String> {
+        let eps: Vec<&Pod> = self
+            .pods
+            .iter()
+            .filter(|p| p.app_label == "nginx")
+            .collect();
+        let input = self
+            .tmp
+            .path()
+            .join(format!("services-{}.json", self.nodes[i].name));
+        fs::write(
+            &input,
+            serde_json::to_vec_pretty(&self.services_json(&eps)).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let generator = bin("iptables-gen");
+        let o = Command::new("nsenter")
+            .arg(format!("--net={}", self.node_ns(i).display()))
+            .arg("--")
+            .arg(&generator)
+            .arg(&input)
+            .args([
+                "--hostname-override",
+                &self.nodes[i].name,
+                "--cluster-cidr",
+                CLUSTER_CIDR,
+                "--apply",
+            ])
+            .arg("--state-dir")
+            .arg(&self.nodes[i].state)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!("iptables-gen: {}", text(&o)));
+        }
+        Ok(String::from_utf8_lossy(&o.stderr).trim().to_string())
+    }
+
+    /// The Service chains in node `i`'s nat table.
+    fn service_rules(&self, i: usize) -> R<String> {
+        let all = ns_run(&self.node_ns(i), "iptables", &["-t", "nat", "-S"])?;
+        Ok(all
+            .lines()
+            .filter(|l| {
+                l.contains("KUBE-SERVICES") || l.contains("KUBE-SVC-") || l.contains("KUBE-SEP-")
+            })
+            .filter(|l| {
+                !l.starts_with(
+                    "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports",
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    fn table(&self) -> R<String> {
+        let mut s = format!(
+            "{:<36} {:<6} {:<8} {:<14} {}\n",
+            "NAME", "READY", "STATUS", "IP", "NODE"
+        );
+        for p in &self.pods {
+            let rt = &self.nodes[p.node].runc;
+            let o = rt
+                .cmd()
+                .args(["state", &p.app])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let st: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+            let running = st["status"] == "running";
+            let _ = writeln!(
+                s,
+                "{:<36} {:<6} {:<8} {:<14} {}",
+                p.name,
+                if running { "1/1" } else { "0/1" },
+                if running { "Running" } else { "Unknown" },
+                p.ip,
+                self.nodes[p.node].name
+            );
+        }
+        Ok(s)
+    }
+}
+
+fn tally_text(t: &BTreeMap<String, usize>) -> String {
+    t.iter()
+        .map(|(k, v)| format!("{v:>3}  {k}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Run the whole walkthrough. Never panics on a failed step: the error is in the summary.
+pub fn run(opts: Opts) -> Summary {
+    let start = Instant::now();
+    let out = Out { o: opts };
+    let mut summary = Summary::default();
+    let mut names = (Vec::new(), Vec::new());
+    let r = walkthrough(out, &mut summary, &mut names);
+    if let Err(e) = r {
+        summary.error = Some(e);
+    }
+    // Everything created is gone now (the cluster was dropped inside walkthrough).
+    let (ns_names, pins) = names;
+    let live = netns::list().unwrap_or_default();
+    for n in ns_names.iter().chain(pins.iter()) {
+        if live.contains(n) {
+            summary.left_behind.push(n.clone());
+        }
+    }
+    summary.seconds = (start.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    summary.ok = summary.error.is_none()
+        && summary.left_behind.is_empty()
+        && summary.steps.iter().all(|s| s.ok)
+        && summary.steps.len() == 7;
+    summary
+}
+
+fn walkthrough(out: Out, summary: &mut Summary, names: &mut (Vec<String>, Vec<String>)) -> R<()> {
+    require_root();
+    for t in ["runc", "nsenter", "iptables", "bridge"] {
+        require_tool(t);
+    }
+    let tmp = TempDir::new("demo");
+    let rootfs = tmp.path().join("rootfs");
+    oci::build_rootfs(&rootfs, &pause_bin());
+    let mut c = Cluster {
+        nodes: Vec::new(),
+        pods: Vec::new(),
+        shim: bin("runtime-shim"),
+        rootfs,
+        podwire_state: tmp.path().join("podwire-state"),
+        prefix: format!("pwdemo{}", std::process::id()),
+        rng: u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        out,
+        tmp,
+    };
+    let r = steps(&mut c, summary);
+    // Record what to look for afterwards, then tear everything down (drop order: pods'
+    // containers via runc, whose poststop hooks unwire them, then the namespaces).
+    names.0 = c.nodes.iter().map(|n| n.ns.name.clone()).collect();
+    names.1 = c
+        .pods
+        .iter()
+        .map(|p| runtime_shim::hook::pin_name(&p.sandbox))
+        .collect();
+    let out = Out { o: c.out.o.clone() };
+    let pods = c.pods.len();
+    let nodes = c.nodes.len();
+    drop(c);
+    if r.is_ok() {
+        out.heading(7, "Clean up");
+        out.say(&format!(
+            "runc deleted {pods} pods (poststop hooks unwired them); {nodes} node namespaces removed"
+        ));
+        summary.steps.push(Step {
+            n: 7,
+            name: "cleanup".into(),
+            ok: true,
+            facts: json!({"pods_deleted": pods, "nodes_removed": nodes}),
+        });
+    }
+    r
+}
+
+fn push(summary: &mut Summary, n: u32, name: &str, ok: bool, facts: Value) -> R<()> {
+    summary.steps.push(Step {
+        n,
+        name: name.into(),
+        ok,
+        facts: facts.clone(),
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("step {n} ({name}) failed: {facts}"))
+    }
+}
+
+fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
+    // Node pod CIDRs, carved from the cluster range by the project's own code.
+    let nodes_json = json!({"apiVersion": "v1", "kind": "NodeList", "items": [
+        {"metadata": {"name": "node-1"},
+         "status": {"addresses": [{"type": "InternalIP", "address": format!("{NODE_NET}.1")}]}},
+        {"metadata": {"name": "node-2"},
+         "status": {"addresses": [{"type": "InternalIP", "address": format!("{NODE_NET}.2")}]}}
+    ]});
+    let nodes_file = c.tmp.path().join("nodes.json");
+    fs::write(&nodes_file, nodes_json.to_string()).map_err(|e| e.to_string())?;
+    let shim_path = c.shim.clone();
+    let routes = |node: &str, ns: Option<&Path>| -> R<Value> {
+        let args = [
+            "routes",
+            "--nodes",
+            nodes_file.to_str().unwrap_or_default(),
+            "--node",
+            node,
+            "--cluster-cidr",
+            CLUSTER_CIDR,
+        ];
+        let shim = shim_path.to_str().unwrap_or_default();
+        let s = match ns {
+            Some(ns) => {
+                let mut a = args.to_vec();
+                a.push("--apply");
+                ns_run(ns, shim, &a)?
+            }
+            None => {
+                let o = Command::new(shim)
+                    .args(args)
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            }
+        };
+        serde_json::from_str(&s).map_err(|e| format!("routes output: {e}: {s}"))
+    };
+    let plan = routes("node-1", None)?;
+    let cidr_of = |v: &Value, node: &str| -> String {
+        v["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == node))
+            .and_then(|n| n["podCIDRs"][0].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (cidr1, cidr2) = (cidr_of(&plan, "node-1"), cidr_of(&plan, "node-2"));
+    let n1 = c.add_node("node-1", &cidr1)?;
+
+    // 1. Pod
+    c.out.heading(
+        1,
+        "Pod: a pause sandbox and an app container sharing one network stack",
+    );
+    c.out.say(&format!(
+        "runc starts the sandbox of pod nginx-1: our pause ({} bytes) in new namespaces;\n\
+         runtime-shim, its createRuntime hook, wires the new netns to node-1's bridge.",
+        fs::metadata(pause_bin()).map(|m| m.len()).unwrap_or(0)
+    ));
+    let nginx1 = c.start_pod(n1, "nginx-1", "web")?;
+    let rt = &c.nodes[n1].runc;
+    let eth = |id: &str| -> R<String> {
+        let o = rt.exec(id, &["ip", "-o", "-4", "addr", "show", "eth0"]);
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .take(4)
+                .collect::<Vec<_>>()
+                .join(" "))
+        } else {
+            Err(text(&o))
+        }
+    };
+    let (sb_eth, app_eth) = (eth(&nginx1.sandbox)?, eth(&nginx1.app)?);
+    c.out
+        .cmd("runc exec nginx-1/sandbox ip -o -4 addr show eth0", &sb_eth);
+    c.out.cmd(
+        "runc exec nginx-1/httpd   ip -o -4 addr show eth0",
+        &app_eth,
+    );
+    let local = c.get_from(&nginx1, "127.0.0.1")?;
+    c.out.cmd(
+        "(a second container in nginx-1) GET http://localhost:80/",
+        &local,
+    );
+    let dup = c.in_pod(&nginx1, "dup", "httpd -f -p 80 -h /www")?;
+    let dup_failed = !dup.status.success();
+    c.out.cmd(
+        "(a third container in nginx-1) httpd -f -p 80",
+        text(&dup).trim(),
+    );
+    c.out.good(
+        "one network stack: same eth0, localhost shared, and port 80 taken for the whole pod",
+    );
+    push(
+        summary,
+        1,
+        "pod",
+        sb_eth == app_eth && local == "nginx-1" && dup_failed,
+        json!({
+            "pod": "nginx-1", "ip": nginx1.ip, "sandbox_eth0": sb_eth, "app_eth0": app_eth,
+            "localhost_answer": local, "second_server_failed": dup_failed,
+            "second_server_error": text(&dup).trim()
+        }),
+    )?;
+
+    // 2. Bridge
+    c.out.heading(
+        2,
+        "Bridge: cni0, one veth per pod, the bridge as the pods' gateway",
+    );
+    let node1 = c.node_ns(n1);
+    let br = ns_run(&node1, "ip", &["-br", "-4", "addr", "show", "cni0"])?;
+    c.out.cmd("(node-1) ip -br -4 addr show cni0", &br);
+    let links = ns_run(&node1, "bridge", &["link", "show"])?;
+    c.out.cmd("(node-1) bridge link show", &links);
+    let route =
+        String::from_utf8_lossy(&c.nodes[n1].runc.exec(&nginx1.app, &["ip", "route"]).stdout)
+            .into_owned();
+    c.out.cmd("(pod nginx-1) ip route", &route);
+    let gw = cidr1.replace(".0/24", ".1");
+    let default_ok = route.contains(&format!("default via {gw} dev eth0"));
+    push(
+        summary,
+        2,
+        "bridge",
+        br.contains(&format!("{gw}/24")) && links.lines().count() == 1 && default_ok,
+        json!({
+            "bridge": "cni0", "bridge_address": br.split_whitespace().nth(2), "pod_subnet": cidr1,
+            "veths": links.lines().count(), "pod_default_route_via": gw
+        }),
+    )?;
+
+    // 3. Deployment
+    c.out.heading(
+        3,
+        "Deployment: two replicas of nginx, each answering with its own name",
+    );
+    let hash = format!("{:x}", c.rand() % 0xff_ffff_ffff)
+        .chars()
+        .take(10)
+        .collect::<String>();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let name = format!("nginx-deployment-{hash}-{}", c.suffix(5));
+        replicas.push(c.start_pod(n1, &name, "nginx")?);
+    }
+    let mut answers = Vec::new();
+    for r in &replicas {
+        let body = c.get_from(&nginx1, &r.ip)?;
+        c.out
+            .cmd(&format!("(pod nginx-1) GET http://{}/", r.ip), &body);
+        answers.push(json!({"name": r.name, "ip": r.ip, "answer": body}));
+    }
+    let table = c.table()?;
+    c.out
+        .cmd("kubectl get pods -o wide   # (what it would show)", &table);
+    let own = replicas
+        .iter()
+        .zip(&answers)
+        .all(|(r, a)| a["answer"] == r.name.as_str());
+    push(
+        summary,
+        3,
+        "deployment",
+        own && !table.contains("0/1"),
+        json!({"replicas": answers}),
+    )?;
+
+    // 4. Service
+    c.out.heading(
+        4,
+        "Service: a ClusterIP in front of the replicas (kube-proxy's iptables rules)",
+    );
+    let client = c.start_pod(n1, "client", "client")?;
+    let svc = c.services_json(&replicas.iter().collect::<Vec<_>>());
+    c.out.cmd(
+        "kubectl get service,endpointslice my-service -o json   # (abridged)",
+        &format!(
+            "{}\n{}",
+            serde_json::to_string(&svc["items"][0]["spec"]).unwrap_or_default(),
+            serde_json::to_string(&svc["items"][1]["endpoints"]).unwrap_or_default()
+        ),
+    );
+    let log = c.sync_services(n1)?;
+    c.out
+        .cmd("(node-1) iptables-gen services.json --apply …", &log);
+    let rules = c.service_rules(n1)?;
+    c.out.cmd(
+        "(node-1) iptables -t nat -S | grep -E 'KUBE-(SERVICES|SVC|SEP)'",
+        &rules,
+    );
+    let t = c.tally(&client, SERVICE_IP, 8080, 20)?;
+    c.out.cmd(
+        &format!("(pod client) 20 × GET http://{SERVICE_IP}:8080/   # who answered"),
+        &tally_text(&t),
+    );
+    let both = replicas
+        .iter()
+        .all(|r| t.get(&r.name).copied().unwrap_or(0) > 0)
+        && t.values().sum::<usize>() == 20
+        && !t.contains_key("(no answer)");
+    push(
+        summary,
+        4,
+        "service",
+        both && rules.contains("KUBE-SVC-"),
+        json!({
+            "cluster_ip": SERVICE_IP, "port": 8080, "target_port": 80,
+            "sep_chains": rules.lines().filter(|l| l.starts_with("-N KUBE-SEP-")).count(),
+            "tally": t
+        }),
+    )?;
+
+    // 5. Pods come and go
+    c.out.heading(
+        5,
+        "Pods come and go: a replica dies, a replacement gets a new IP",
+    );
+    let gone = c.delete_pod(&replicas[0].name)?;
+    c.out.say(&format!(
+        "runc delete {} (its poststop hook released {})",
+        gone.name, gone.ip
+    ));
+    let name = format!("nginx-deployment-{hash}-{}", c.suffix(5));
+    let fresh = c.start_pod(n1, &name, "nginx")?;
+    c.out.say(&format!(
+        "replacement {} started with IP {}",
+        fresh.name, fresh.ip
+    ));
+    let log = c.sync_services(n1)?;
+    c.out.cmd(
+        "(node-1) iptables-gen services.json --apply …   # partial sync",
+        &log,
+    );
+    let t = c.tally(&client, SERVICE_IP, 8080, 20)?;
+    c.out.cmd(
+        &format!("(pod client) 20 × GET http://{SERVICE_IP}:8080/"),
+        &tally_text(&t),
+    );
+    let current = [&replicas[1], &fresh];
+    let ok5 = fresh.ip != gone.ip
+        && current
+            .iter()
+            .all(|r| t.get(&r.name).copied().unwrap_or(0) > 0)
+        && !t.contains_key(&gone.name)
+        && t.values().sum::<usize>() == 20
+        && log.contains("partial");
+    push(
+        summary,
+        5,
+        "pods-come-and-go",
+        ok5,
+        json!({
+            "deleted": {"name": gone.name, "ip": gone.ip},
+            "replacement": {"name": fresh.name, "ip": fresh.ip},
+            "sync": log, "tally": t
+        }),
+    )?;
+
+    // 6. Nodes
+    c.out.heading(
+        6,
+        "Across nodes: a second node, routes between pod subnets, one Service",
+    );
+    let n2 = c.add_node("node-2", &cidr2)?;
+    let node2 = c.node_ns(n2);
+    // The "network" between the nodes: one veth pair, a node IP on each end.
+    let peer_ns = node2.to_str().unwrap_or_default().to_string();
+    ns_run(
+        &node1,
+        "ip",
+        &[
+            "link", "add", "eth1", "type", "veth", "peer", "name", "eth1", "netns", &peer_ns,
+        ],
+    )?;
+    for (ns, ip) in [
+        (&node1, format!("{NODE_NET}.1/24")),
+        (&node2, format!("{NODE_NET}.2/24")),
+    ] {
+        ns_run(ns, "ip", &["addr", "add", &ip, "dev", "eth1"])?;
+        ns_run(ns, "ip", &["link", "set", "eth1", "up"])?;
+    }
+    let r1 = routes("node-1", Some(&node1))?;
+    let r2 = routes("node-2", Some(&node2))?;
+    c.out.cmd(
+        "runtime-shim routes --nodes nodes.json --node node-1 --cluster-cidr 10.244.0.0/16 --apply",
+        &serde_json::to_string(&r1["routes"]).unwrap_or_default(),
+    );
+    let shown = ns_run(&node1, "ip", &["route"])?;
+    c.out.cmd("(node-1) ip route", &shown);
+    let far_name = format!("nginx-deployment-{hash}-{}", c.suffix(5));
+    let far = c.start_pod(n2, &far_name, "nginx")?;
+    let body = c.get_from(&client, &far.ip)?;
+    c.out.cmd(
+        &format!(
+            "(pod client on node-1) GET http://{}/   # a pod on node-2",
+            far.ip
+        ),
+        &body,
+    );
+    let log1 = c.sync_services(n1)?;
+    let log2 = c.sync_services(n2)?;
+    c.out.cmd(
+        "(node-1, node-2) iptables-gen services.json --apply …",
+        &format!("{log1}\n{log2}"),
+    );
+    let t = c.tally(&client, SERVICE_IP, 8080, 30)?;
+    c.out.cmd(
+        &format!("(pod client) 30 × GET http://{SERVICE_IP}:8080/"),
+        &tally_text(&t),
+    );
+    let backends = [&replicas[1], &fresh, &far];
+    let ok6 = body == far.name
+        && shown.contains(&format!("{cidr2} via {NODE_NET}.2"))
+        && r2["routes"][0]["dst"] == cidr1.as_str()
+        && backends
+            .iter()
+            .all(|b| t.get(&b.name).copied().unwrap_or(0) > 0)
+        && t.values().sum::<usize>() == 30
+        && !t.contains_key("(no answer)");
+    push(
+        summary,
+        6,
+        "multi-node",
+        ok6,
+        json!({
+            "cluster_cidr": CLUSTER_CIDR,
+            "nodes": [{"name": "node-1", "pod_cidr": cidr1, "ip": format!("{NODE_NET}.1")},
+                      {"name": "node-2", "pod_cidr": cidr2, "ip": format!("{NODE_NET}.2")}],
+            "routes_node_1": r1["routes"], "routes_node_2": r2["routes"],
+            "cross_node_pod": {"name": far.name, "ip": far.ip, "answer": body},
+            "tally": t
+        }),
+    )?;
+    Ok(())
+}
