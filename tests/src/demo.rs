@@ -53,6 +53,10 @@ fn check_interrupt() -> R<()> {
 pub struct Opts {
     pub color: bool,
     pub quiet: bool,
+    /// Node 1 is the namespace the demo runs in (the real host, for an operator) instead
+    /// of a throwaway one. Refused when anything the demo would create already exists;
+    /// everything created is removed and the changed sysctls are restored at the end.
+    pub on_host: bool,
 }
 
 impl Opts {
@@ -60,6 +64,7 @@ impl Opts {
         Opts {
             color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             quiet,
+            on_host: false,
         }
     }
 }
@@ -152,7 +157,9 @@ struct DemoNode {
     name: String,
     // Field order is drop order: containers go before the namespace.
     runc: Runc,
-    ns: Ns,
+    /// None: the caller's own namespace (`--on-host`), cleaned by [`HostGuard`].
+    ns: Option<Ns>,
+    path: PathBuf,
     config: PathBuf,
     state: PathBuf,
 }
@@ -197,11 +204,20 @@ impl Cluster {
     }
 
     fn node_ns(&self, i: usize) -> PathBuf {
-        self.nodes[i].ns.path()
+        self.nodes[i].path.clone()
     }
 
-    fn add_node(&mut self, name: &str, pod_cidr: &str) -> R<usize> {
-        let ns = Ns::new(&format!("demo-{name}"));
+    fn add_node(&mut self, name: &str, pod_cidr: &str, on_host: bool) -> R<usize> {
+        let (ns, path) = if on_host {
+            (
+                None,
+                PathBuf::from(format!("/proc/{}/ns/net", std::process::id())),
+            )
+        } else {
+            let ns = Ns::new(&format!("demo-{name}"));
+            let p = ns.path();
+            (Some(ns), p)
+        };
         let i = self.nodes.len();
         let dir = self.tmp.path().join(name);
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -220,18 +236,19 @@ impl Cluster {
         // Bridged pod-to-pod replies must pass iptables for Service DNAT (br_netfilter),
         // as on every Kubernetes node; the setting is per namespace.
         ns_run(
-            &ns.path(),
+            &path,
             "sh",
             &[
                 "-c",
                 "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables",
             ],
         )?;
-        let runc = Runc::new(&dir, &ns.path());
+        let runc = Runc::new(&dir, &path);
         self.nodes.push(DemoNode {
             name: name.to_string(),
             runc,
             ns,
+            path,
             config,
             state: dir.join("iptables-gen-state"),
         });
@@ -477,6 +494,99 @@ impl Cluster {
     }
 }
 
+/// `--on-host`: what the demo changes in the caller's namespace, put back on drop.
+struct HostGuard {
+    ns: PathBuf,
+    sysctls: Vec<(String, String)>,
+}
+
+impl HostGuard {
+    const SYSCTLS: [&'static str; 2] = [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/bridge/bridge-nf-call-iptables",
+    ];
+
+    /// Refuse when the demo's objects exist already: it would change or delete them.
+    fn new() -> R<HostGuard> {
+        let ns = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+        // Not /sys/class/net: sysfs shows the namespace it was mounted in.
+        let links = ns_run(&ns, "ip", &["-o", "link", "show"])?;
+        for link in ["cni0", "pwnode0"] {
+            if links.contains(&format!(": {link}:")) || links.contains(&format!(": {link}@")) {
+                return Err(format!(
+                    "--on-host: link {link} exists here; the demo would take it over"
+                ));
+            }
+        }
+        let nat = ns_run(&ns, "iptables", &["-t", "nat", "-S"])?;
+        if nat.contains("KUBE-") {
+            return Err(
+                "--on-host: KUBE-* iptables chains exist here (kube-proxy?); refusing".into(),
+            );
+        }
+        let routes = ns_run(&ns, "ip", &["route"])?;
+        for r in ["10.244.", NODE_NET] {
+            if routes.contains(r) {
+                return Err(format!("--on-host: routes to {r}x exist here; refusing"));
+            }
+        }
+        let sysctls = Self::SYSCTLS
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.to_string(),
+                    fs::read_to_string(p).ok()?.trim().to_string(),
+                ))
+            })
+            .collect();
+        Ok(HostGuard { ns, sysctls })
+    }
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        // Links: the bridge and the inter-node link (its peer goes with it).
+        for link in ["cni0", "pwnode0"] {
+            let _ = ns_run(&self.ns, "ip", &["link", "del", link]);
+        }
+        // iptables-gen's chains: jumps from the built-in chains first, then the chains.
+        for table in ["nat", "filter"] {
+            let Ok(rules) = ns_run(&self.ns, "iptables", &["-t", table, "-S"]) else {
+                continue;
+            };
+            for r in rules
+                .lines()
+                .filter(|l| l.starts_with("-A ") && l.contains("-j KUBE-"))
+            {
+                let chain = r.split_whitespace().nth(1).unwrap_or_default();
+                if !chain.starts_with("KUBE-") {
+                    let _ = Command::new("sh")
+                        .arg("-c")
+                        .arg(format!("iptables -t {table} -D {}", &r[3..]))
+                        .status();
+                }
+            }
+            for c in rules.lines().filter_map(|l| l.strip_prefix("-N KUBE-")) {
+                let _ = ns_run(
+                    &self.ns,
+                    "iptables",
+                    &["-t", table, "-F", &format!("KUBE-{c}")],
+                );
+            }
+            for c in rules.lines().filter_map(|l| l.strip_prefix("-N KUBE-")) {
+                let _ = ns_run(
+                    &self.ns,
+                    "iptables",
+                    &["-t", table, "-X", &format!("KUBE-{c}")],
+                );
+            }
+        }
+        for (p, v) in &self.sysctls {
+            let _ = fs::write(p, v);
+        }
+    }
+}
+
 fn tally_text(t: &BTreeMap<String, usize>) -> String {
     t.iter()
         .map(|(k, v)| format!("{v:>3}  {k}"))
@@ -529,10 +639,19 @@ fn walkthrough(out: Out, summary: &mut Summary, names: &mut (Vec<String>, Vec<St
         out,
         tmp,
     };
+    let guard = if c.out.o.on_host {
+        Some(HostGuard::new()?)
+    } else {
+        None
+    };
     let r = steps(&mut c, summary);
     // Record what to look for afterwards, then tear everything down (drop order: pods'
     // containers via runc, whose poststop hooks unwire them, then the namespaces).
-    names.0 = c.nodes.iter().map(|n| n.ns.name.clone()).collect();
+    names.0 = c
+        .nodes
+        .iter()
+        .filter_map(|n| n.ns.as_ref().map(|ns| ns.name.clone()))
+        .collect();
     names.1 = c
         .pods
         .iter()
@@ -542,6 +661,7 @@ fn walkthrough(out: Out, summary: &mut Summary, names: &mut (Vec<String>, Vec<St
     let pods = c.pods.len();
     let nodes = c.nodes.len();
     drop(c);
+    drop(guard);
     if r.is_ok() {
         out.heading(7, "Clean up");
         out.say(&format!(
@@ -619,7 +739,7 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
             .to_string()
     };
     let (cidr1, cidr2) = (cidr_of(&plan, "node-1"), cidr_of(&plan, "node-2"));
-    let n1 = c.add_node("node-1", &cidr1)?;
+    let n1 = c.add_node("node-1", &cidr1, c.out.o.on_host)?;
 
     // 1. Pod
     c.out.heading(
@@ -837,7 +957,7 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
         6,
         "Across nodes: a second node, routes between pod subnets, one Service",
     );
-    let n2 = c.add_node("node-2", &cidr2)?;
+    let n2 = c.add_node("node-2", &cidr2, false)?;
     let node2 = c.node_ns(n2);
     // The "network" between the nodes: one veth pair, a node IP on each end.
     let peer_ns = node2.to_str().unwrap_or_default().to_string();
@@ -845,15 +965,15 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
         &node1,
         "ip",
         &[
-            "link", "add", "eth1", "type", "veth", "peer", "name", "eth1", "netns", &peer_ns,
+            "link", "add", "pwnode0", "type", "veth", "peer", "name", "pwnode0", "netns", &peer_ns,
         ],
     )?;
     for (ns, ip) in [
         (&node1, format!("{NODE_NET}.1/24")),
         (&node2, format!("{NODE_NET}.2/24")),
     ] {
-        ns_run(ns, "ip", &["addr", "add", &ip, "dev", "eth1"])?;
-        ns_run(ns, "ip", &["link", "set", "eth1", "up"])?;
+        ns_run(ns, "ip", &["addr", "add", &ip, "dev", "pwnode0"])?;
+        ns_run(ns, "ip", &["link", "set", "pwnode0", "up"])?;
     }
     let r1 = routes("node-1", Some(&node1))?;
     let r2 = routes("node-2", Some(&node2))?;

@@ -11,11 +11,14 @@ use serde_json::Value;
 #[test]
 fn the_demo_walkthrough_does_what_it_shows_and_leaves_nothing() {
     require_root();
-    let before_ns = netns::list().unwrap();
-    let o = Command::new(bin("podwire-demo"))
+    let child = Command::new(bin("podwire-demo"))
         .arg("--json")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
     let s: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
         panic!(
             "demo JSON: {e}\n{}\n{}",
@@ -93,10 +96,11 @@ fn the_demo_walkthrough_does_what_it_shows_and_leaves_nothing() {
     assert!(t6[far["name"].as_str().unwrap()].as_u64().unwrap() > 0);
     // 7. Nothing left: no namespace the demo made.
     assert_eq!(f(7)["nodes_removed"], 2);
+    // This run's namespaces are pwt-<pid>-…, its pins podwire-pwdemo<pid>-….
     let after: Vec<String> = netns::list()
         .unwrap()
         .into_iter()
-        .filter(|n| !before_ns.contains(n))
+        .filter(|n| n.starts_with(&format!("pwt-{pid}-")) || n.contains(&format!("pwdemo{pid}-")))
         .collect();
     assert!(after.is_empty(), "left behind: {after:?}");
 }
@@ -119,4 +123,35 @@ fn quiet_prints_one_summary_line_and_json_is_plain() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn on_host_mode_runs_in_the_callers_namespace_and_restores_it() {
+    // "The host" here is a throwaway namespace the demo is started in: the operator's
+    // mode is exercised without touching this machine's network.
+    let host = Ns::new("demo-host");
+    let before = host.ok("sh", &["-c", "ip -o link; ip route; iptables-save -t nat | grep -v '^#'; cat /proc/sys/net/ipv4/ip_forward"]);
+    let o = host.run(
+        bin("podwire-demo").to_str().unwrap(),
+        &["--on-host", "--json"],
+    );
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    assert!(
+        o.status.success() && s["ok"] == true,
+        "{s:#}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(s["steps"].as_array().unwrap().len(), 7);
+    let after = host.ok("sh", &["-c", "ip -o link; ip route; iptables-save -t nat | grep -v '^#'; cat /proc/sys/net/ipv4/ip_forward"]);
+    assert_eq!(before, after, "the namespace was not restored");
+    // A namespace that already has a cni0 bridge is refused, and left as it was.
+    host.ok("ip", &["link", "add", "cni0", "type", "bridge"]);
+    let o = host.run(
+        bin("podwire-demo").to_str().unwrap(),
+        &["--on-host", "--json"],
+    );
+    assert!(!o.status.success());
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(s["error"].as_str().unwrap().contains("cni0"), "{s:#}");
+    assert!(host.links().contains(&"cni0".to_string()));
 }

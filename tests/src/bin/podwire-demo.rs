@@ -1,6 +1,6 @@
 //! `make demo`: the Kubernetes networking walkthrough, live, in throwaway namespaces.
 //!
-//!   podwire-demo [--quiet] [--json] [--color=auto|always|never]
+//!   podwire-demo [--quiet] [--json] [--color=auto|always|never] [--on-host]
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -11,17 +11,21 @@ fn main() -> ExitCode {
     let mut quiet = false;
     let mut json = false;
     let mut color: Option<bool> = None;
+    let mut on_host = false;
     for a in std::env::args().skip(1) {
         match a.as_str() {
             "--quiet" | "-q" => quiet = true,
+            "--on-host" => on_host = true,
             "--json" => json = true,
             "--color=always" => color = Some(true),
             "--color=never" => color = Some(false),
             "--color=auto" => color = None,
             "-h" | "--help" => {
                 println!(
-                    "podwire-demo [--quiet] [--json] [--color=auto|always|never]\n\
-                     The Kubernetes networking walkthrough in throwaway namespaces (root)."
+                    "podwire-demo [--quiet] [--json] [--color=auto|always|never] [--on-host]\n\
+                     The Kubernetes networking walkthrough in throwaway namespaces (root).\n\
+                     --on-host: node-1 is this machine's own network namespace (creates cni0,\n\
+                     pwnode0, KUBE-* chains; refused if any exist; all removed at the end)."
                 );
                 return ExitCode::SUCCESS;
             }
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
     if let Some(c) = color {
         opts.color = c;
     }
+    opts.on_host = on_host;
     let s = demo::run(opts);
     if json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
