@@ -127,6 +127,48 @@ impl Error {
     }
 }
 
+/// The capabilities runtime-shim uses: links, routes, addresses and sysctls
+/// (NET_ADMIN), iptables (NET_ADMIN, NET_RAW), setns and pinning namespaces (SYS_ADMIN),
+/// and opening `/proc/<pid>/ns/net` of a sandbox running as another user (SYS_PTRACE).
+pub const NEEDED_CAPABILITIES: [caps::Capability; 4] = [
+    caps::Capability::CAP_NET_ADMIN,
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_SYS_ADMIN,
+    caps::Capability::CAP_SYS_PTRACE,
+];
+
+/// Least privilege: drop every other capability from the bounding set (so nothing this
+/// process execs, iptables included, can regain it), then from the permitted, effective,
+/// inheritable and ambient sets. Call first thing; a process with fewer capabilities
+/// keeps what it has (and [`check_capabilities`] says what is missing).
+pub fn drop_capabilities() -> Result<()> {
+    use caps::{CapSet, Capability, CapsHashSet};
+    let err = |e: caps::errors::CapsError| Error::Io {
+        op: "drop capabilities",
+        path: "/proc/self/status".into(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let keep: CapsHashSet = NEEDED_CAPABILITIES.into_iter().collect();
+    // Shrinking the bounding set needs CAP_SETPCAP, which goes last.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).map_err(err)? {
+        for c in caps::read(None, CapSet::Bounding).map_err(err)? {
+            if !keep.contains(&c) {
+                caps::drop(None, CapSet::Bounding, c).map_err(err)?;
+            }
+        }
+    }
+    let now: CapsHashSet = caps::read(None, CapSet::Permitted)
+        .map_err(err)?
+        .intersection(&keep)
+        .copied()
+        .collect();
+    caps::clear(None, CapSet::Ambient).map_err(err)?;
+    caps::clear(None, CapSet::Inheritable).map_err(err)?;
+    caps::set(None, CapSet::Effective, &now).map_err(err)?;
+    caps::set(None, CapSet::Permitted, &now).map_err(err)?;
+    Ok(())
+}
+
 /// Fail early, with a clear message, when the process lacks what setup and teardown need.
 pub fn check_capabilities() -> Result<()> {
     use caps::{CapSet, Capability};

@@ -274,7 +274,7 @@ fn cni_main() -> ExitCode {
         println!("{}", cni::version_json());
         return ExitCode::SUCCESS;
     }
-    let stdin = match read_stdin() {
+    let stdin = match runtime_shim::drop_capabilities().and_then(|()| read_stdin()) {
         Ok(s) => s,
         Err(e) => {
             println!("{}", cni::error_json(Some(req.command), cni::LATEST, &e));
@@ -302,6 +302,10 @@ fn main() -> ExitCode {
         return cni_main();
     }
     let cli = Cli::parse();
+    if let Err(e) = runtime_shim::drop_capabilities() {
+        eprintln!("runtime-shim: {e}");
+        return ExitCode::from(1);
+    }
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
