@@ -342,3 +342,38 @@ fn runs_as_the_only_file_of_a_runc_rootfs_as_user_65535() {
         "runc run returns the container's exit code; stderr: {err}"
     );
 }
+
+#[test]
+fn reaps_a_burst_of_1000_and_rss_stays_flat_under_a_signal_storm() {
+    let p = pause_bin();
+    let (g, init) = start_pid1(&p, &[]);
+    assert_eq!(
+        zombies_left_after_orphans(init, 1000),
+        0,
+        "1000 orphans reaped"
+    );
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{init}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = rss();
+    // An hour-equivalent storm: 100k SIGCHLD and SIGHUP (ignored or no child to reap).
+    for i in 0..100_000 {
+        let sig = if i % 2 == 0 {
+            Signal::SIGCHLD
+        } else {
+            Signal::SIGHUP
+        };
+        kill(Pid::from_raw(init), sig).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(stat_state(init), Some('S'), "pause survives the storm");
+    let after = rss();
+    assert!(after <= before, "RSS grew from {before} kB to {after} kB");
+    kill(Pid::from_raw(init), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_of(g).0, Some(0));
+}
