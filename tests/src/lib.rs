@@ -201,6 +201,28 @@ impl Drop for Node {
     }
 }
 
+/// IPAM reservations of a network (host-local layout: files named by an address), sorted.
+pub fn ipam_records(data_dir: &Path, network: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(data_dir.join(network))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// runtime-shim's host veths in a node namespace (`pw` + 12 hex digits).
+pub fn podwire_veths(node: &Ns) -> Vec<String> {
+    node.links()
+        .into_iter()
+        .filter(|l| l.len() == 14 && l.starts_with("pw"))
+        .collect()
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -109,27 +109,12 @@ impl Net {
 
     /// Host-side veths (our naming: pw + 12 hex).
     fn host_veths(&self) -> Vec<String> {
-        self.node
-            .node
-            .links()
-            .into_iter()
-            .filter(|l| l.len() == 14 && l.starts_with("pw"))
-            .collect()
+        podwire_veths(&self.node.node)
     }
 
     /// IPAM records (files named by an address).
     fn records(&self) -> Vec<String> {
-        let d = self.dir.path().join("ipam").join(&self.name);
-        let mut v: Vec<String> = std::fs::read_dir(d)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().into_string().unwrap())
-                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        ipam_records(&self.dir.path().join("ipam"), &self.name)
     }
 
     fn masq_rules(&self, tool: &str) -> usize {
