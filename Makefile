@@ -72,12 +72,14 @@ deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	else echo "deps: all present"; fi
 
-## install: binaries to $(PREFIX)/bin (CNI plugin dir and hooks are set up per README)
+## install: binaries to $(PREFIX)/bin, podman hook files to $(PREFIX)/share/podwire/hooks.d
+##          (the CNI plugin dir and the network config are set up per README)
 install: pause
-	$(CARGO) build --release --workspace --bins
-	install -d $(DESTDIR)$(PREFIX)/bin
+	$(CARGO) build --release -p netns -p runtime-shim -p iptables-gen --bins
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/podwire/hooks.d
 	install -m 0755 $(PAUSE) $(DESTDIR)$(PREFIX)/bin/pause
-	install -m 0755 target/release/netns $(DESTDIR)$(PREFIX)/bin/netns
+	install -m 0755 target/release/netns target/release/runtime-shim target/release/iptables-gen $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 runtime-shim/hooks.d/*.json $(DESTDIR)$(PREFIX)/share/podwire/hooks.d/
 
 clean:
 	$(CARGO) clean

@@ -193,21 +193,24 @@ pub fn write_config(bundle: &Path, v: &Value) {
     .expect("write config.json");
 }
 
+/// A hook's argv: `runtime-shim hook --stage STAGE --config CONFIG --state-dir DIR`.
+pub fn hook_args(stage: &str, config: &Path, state_dir: &Path) -> Value {
+    json!([
+        "runtime-shim",
+        "hook",
+        "--stage",
+        stage,
+        "--config",
+        config,
+        "--state-dir",
+        state_dir
+    ])
+}
+
 /// The hooks entry that makes `shim` wire the sandbox (at `stages`) and unwire it at
 /// poststop. `env` is exactly what runc passes (no PATH, as podman's hooks often have).
 pub fn shim_hooks(shim: &Path, config: &Path, state_dir: &Path, stages: &[&str]) -> Value {
-    let args = |stage: &str| {
-        json!([
-            "runtime-shim",
-            "hook",
-            "--stage",
-            stage,
-            "--config",
-            config,
-            "--state-dir",
-            state_dir
-        ])
-    };
+    let args = |stage: &str| hook_args(stage, config, state_dir);
     let entry = |stage: &str| json!([{"path": shim, "args": args(stage), "env": ["PODWIRE_HOOK=1"], "timeout": 10}]);
     let mut h = serde_json::Map::new();
     for s in stages {

@@ -118,16 +118,7 @@ fn podman_pods_wired_by_the_shipped_oci_hooks() {
         assert_eq!(h["version"], "1.0.0");
         assert_eq!(h["when"]["commands"], json!(["^/pause$"]));
         h["hook"]["path"] = json!(bin("runtime-shim"));
-        h["hook"]["args"] = json!([
-            "runtime-shim",
-            "hook",
-            "--stage",
-            stage,
-            "--config",
-            config,
-            "--state-dir",
-            state
-        ]);
+        h["hook"]["args"] = oci::hook_args(stage, &config, &state);
         fs::write(hooks.join(&name), h.to_string()).unwrap();
     }
     let mut p = Podman::new("netavark", "", Some(&node.node.path()));
