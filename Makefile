@@ -11,7 +11,7 @@ PAUSE_REF ?= localhost/podwire/pause:$(VERSION)
 DEB_PKGS := iproute2 iptables runc busybox-static catatonit containernetworking-plugins \
 	podman netavark containerd protobuf-compiler util-linux procps psmisc file binutils tar gzip hyperfine
 
-.PHONY: all build pause pause-image test unit-test privileged-test demo bench lint fmt deps install clean
+.PHONY: all build pause pause-image test unit-test privileged-test demo bench lint fmt deps install clean fuzz-smoke fuzz-tools
 
 all: build
 
@@ -33,6 +33,7 @@ test: deps build unit-test privileged-test
 
 unit-test:
 	$(CARGO) test --workspace --exclude podwire-tests
+	$(CARGO) test --manifest-path fuzz/Cargo.toml
 
 privileged-test:
 	@if [ "$$(id -u)" != 0 ]; then echo "make test: the privileged tests need root" >&2; exit 1; fi
@@ -53,11 +54,34 @@ bench: deps pause
 	@echo; echo "## iptables-gen"; echo "| services | lines | full gen ms (best) | full gen ms (median) | peak RSS MiB | partial sync ms (median) | iptables-restore apply ms |"; echo "|---|---:|---:|---:|---:|---:|---:|"
 	@target/release/gen-bench --services 1000 --apply; target/release/gen-bench --services 10000; target/release/gen-bench --services 50000
 
+## fuzz-smoke: every cargo-fuzz target for FUZZ_SECONDS (20) each, from the seeds and saved
+##             crashes; stable toolchain, so no sanitizer (-s none: the fuzzed crates forbid unsafe)
+FUZZ_TARGETS := cni_request oci_state join_rewrite iptables_gen
+FUZZ_SECONDS ?= 20
+CARGO_FUZZ_VERSION := 0.13.2
+fuzz-tools:
+	@cargo fuzz --version 2>/dev/null | grep -q ' $(CARGO_FUZZ_VERSION)$$' || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+
+fuzz-smoke: fuzz-tools
+	$(CARGO) fuzz build -s none
+	@mkdir -p fuzz/logs; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; dirs="fuzz/corpus/$$t fuzz/seeds/$$t"; \
+	  [ -d fuzz/regressions/$$t ] && dirs="$$dirs fuzz/regressions/$$t"; \
+	  if ! $(CARGO) fuzz run -s none $$t $$dirs -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	      -rss_limit_mb=2048 -dict=fuzz/dicts/$$t.dict -print_final_stats=1 >fuzz/logs/$$t.log 2>&1; then \
+	    tail -n 40 fuzz/logs/$$t.log; \
+	    echo "fuzz-smoke: $$t FAILED; once fixed, keep the artifact in fuzz/regressions/$$t/" >&2; exit 1; \
+	  fi; \
+	  echo "fuzz-smoke: $$t ok, $$(grep -a '^stat::number_of_executed_units' fuzz/logs/$$t.log | grep -o '[0-9]*') runs in $(FUZZ_SECONDS)s, $$(grep -ao 'cov: [0-9]*' fuzz/logs/$$t.log | tail -n1)"; \
+	done
+
 ## lint: formatting and clippy, warnings are errors (pause's binary is linted on its own)
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p pause --bin pause --profile pause --features bin -- -D warnings
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
+	$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -297,25 +297,61 @@ pub fn requested_version(stdin: &[u8]) -> String {
         .unwrap_or_else(|| LATEST.to_string())
 }
 
+/// Everything a command reads from its input, parsed and validated before anything is
+/// changed (bad input changes nothing). Pure: no I/O, so it is also what the fuzzer drives.
+#[derive(Debug)]
+pub struct Input {
+    pub conf: NetConf,
+    pub net: Network,
+    /// ADD and CHECK: the previous plugin's result, if chained.
+    pub prev: Option<CniResult>,
+    /// GC: the attachments to keep.
+    pub valid: Option<BTreeSet<(String, String)>>,
+}
+
+/// Parse stdin for `req` (not VERSION, which reads nothing).
+pub fn parse_input(req: &Request, stdin: &[u8]) -> Result<Input> {
+    let (conf, net) = load(stdin)?;
+    let prev = match req.command {
+        Command::Add | Command::Check => conf.prev_result.as_ref().map(parse_prev).transpose()?,
+        _ => None,
+    };
+    let valid = match req.command {
+        Command::Gc => Some(valid_attachments(&conf)?),
+        _ => None,
+    };
+    Ok(Input {
+        conf,
+        net,
+        prev,
+        valid,
+    })
+}
+
 /// Run one CNI command. Ok(Some(json)) is printed on stdout; Ok(None) prints nothing.
 pub fn run(req: &Request, stdin: &[u8]) -> Result<Option<String>> {
     if req.command == Command::Version {
         return Ok(Some(version_json()));
     }
-    let (conf, net) = load(stdin)?;
+    let Input {
+        conf,
+        net,
+        prev,
+        valid,
+    } = parse_input(req, stdin)?;
     crate::check_capabilities()?;
     let id = req.container_id.as_str();
     let ifname = req.ifname.as_str();
+    let netns = || {
+        req.netns.as_deref().ok_or(Error::Env {
+            var: "CNI_NETNS",
+            reason: "required".into(),
+        })
+    };
     match req.command {
         Command::Version => Ok(Some(version_json())),
         Command::Add => {
-            let netns = req.netns.as_deref().ok_or(Error::Env {
-                var: "CNI_NETNS",
-                reason: "required".into(),
-            })?;
-            // Parse prevResult before changing anything: bad input changes nothing.
-            let prev = conf.prev_result.as_ref().map(parse_prev).transpose()?;
-            let mut ours = crate::setup(&net, netns, id, ifname)?;
+            let mut ours = crate::setup(&net, netns()?, id, ifname)?;
             ours.cni_version = conf.cni_version.clone();
             let out = match prev {
                 Some(p) => merge(p, ours),
@@ -328,12 +364,8 @@ pub fn run(req: &Request, stdin: &[u8]) -> Result<Option<String>> {
             Ok(None)
         }
         Command::Check => {
-            let netns = req.netns.as_deref().ok_or(Error::Env {
-                var: "CNI_NETNS",
-                reason: "required".into(),
-            })?;
-            crate::check(&net, netns, id, ifname)?;
-            if let Some(prev) = conf.prev_result.as_ref().map(parse_prev).transpose()? {
+            crate::check(&net, netns()?, id, ifname)?;
+            if let Some(prev) = prev {
                 check_prev(&net, &prev, id, ifname)?;
             }
             Ok(None)
@@ -343,8 +375,7 @@ pub fn run(req: &Request, stdin: &[u8]) -> Result<Option<String>> {
             Ok(None)
         }
         Command::Gc => {
-            let valid = valid_attachments(&conf)?;
-            let report = crate::gc::gc(&net, &valid)?;
+            let report = crate::gc::gc(&net, &valid.unwrap_or_default())?;
             if !report.is_empty() {
                 eprintln!("runtime-shim: GC: {report}");
             }

@@ -24,11 +24,18 @@ pub struct GcReport {
     pub released: Vec<(IpAddr, String, String)>,
     /// Host veths deleted.
     pub links: Vec<String>,
+    /// Torn IPAM records and temporary files of killed writers, removed.
+    pub debris: Vec<String>,
+    /// Hook sandboxes whose process is gone: pin and record removed.
+    pub sandboxes: Vec<String>,
 }
 
 impl GcReport {
     pub fn is_empty(&self) -> bool {
-        self.released.is_empty() && self.links.is_empty()
+        self.released.is_empty()
+            && self.links.is_empty()
+            && self.debris.is_empty()
+            && self.sandboxes.is_empty()
     }
 }
 
@@ -36,15 +43,23 @@ impl fmt::Display for GcReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "released {} address(es), deleted {} link(s)",
+            "released {} address(es), deleted {} link(s), {} debris file(s), {} dead sandbox(es)",
             self.released.len(),
-            self.links.len()
+            self.links.len(),
+            self.debris.len(),
+            self.sandboxes.len()
         )?;
         for (ip, id, ifname) in &self.released {
             write!(f, "; {ip} ({id}/{ifname})")?;
         }
         for l in &self.links {
             write!(f, "; link {l}")?;
+        }
+        for d in &self.debris {
+            write!(f, "; file {d}")?;
+        }
+        for s in &self.sandboxes {
+            write!(f, "; sandbox {s}")?;
         }
         Ok(())
     }
@@ -80,6 +95,11 @@ pub fn gc(net: &Network, valid: &BTreeSet<(String, String)>) -> Result<GcReport>
         store.release_ips(&[ip], &id, &ifname);
         report.released.push((ip, id, ifname));
     }
+    report.debris = store
+        .remove_debris()?
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     drop(store);
 
     // Links that a listed or still-reserved attachment owns.

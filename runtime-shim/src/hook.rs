@@ -143,9 +143,105 @@ pub fn read_record(state_dir: &Path, id: &str) -> Result<Option<Record>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open", &p, e)),
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::io("parse record", &p, std::io::Error::other(e.to_string())))
+    match serde_json::from_slice::<Record>(&bytes) {
+        Ok(r) if r.id == id => Ok(Some(r)),
+        // A torn or foreign file must not wedge this sandbox's setup or teardown: both
+        // work by id without a record (setup writes a new one).
+        Ok(_) => {
+            eprintln!(
+                "runtime-shim: ignoring record {}: it is for another id",
+                p.display()
+            );
+            Ok(None)
+        }
+        Err(e) => {
+            eprintln!("runtime-shim: ignoring torn record {}: {e}", p.display());
+            Ok(None)
+        }
+    }
+}
+
+/// A hook sandbox found in the state dir by [`sandboxes`].
+#[derive(Debug)]
+pub struct Sandbox {
+    pub id: String,
+    /// None: the record is torn.
+    pub record: Option<Record>,
+    /// The sandbox process still runs in the pinned namespace (or has not pinned it yet).
+    pub live: bool,
+}
+
+/// Every sandbox with a record in `state_dir`, and whether it still lives.
+pub fn sandboxes(state_dir: &Path) -> Result<Vec<Sandbox>> {
+    let entries = match fs::read_dir(state_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read state dir", state_dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        if validate_container_id(id).is_err() {
+            continue;
+        }
+        let record = read_record(state_dir, id)?;
+        let live = record.as_ref().is_some_and(|r| {
+            let Ok(ns) = NetNs::from_pid(r.pid) else {
+                return false;
+            };
+            match NetNs::open(&r.netns) {
+                Ok(pinned) => pinned == ns,
+                // Setup writes the record before pinning: a live process without a pin
+                // yet is a setup in flight (or one killed there; poststop cleans it).
+                Err(netns::Error::NotFound { .. }) => true,
+                Err(_) => false,
+            }
+        });
+        out.push(Sandbox {
+            id: id.to_string(),
+            record,
+            live,
+        });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Forget a dead sandbox: unpin its namespace and remove its record. Its addresses and
+/// veth are the network GC's (they are no longer valid attachments).
+pub fn forget(state_dir: &Path, id: &str) -> Result<()> {
+    let pin = rec_path_of(&pin_name(id));
+    match netns::unpin(&pin) {
+        Ok(()) | Err(netns::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    remove_record(state_dir, id)
+}
+
+/// Temporary record files of hook processes that died between write and rename.
+pub fn remove_stale_tmp(state_dir: &Path) -> Vec<PathBuf> {
+    let mut gone = Vec::new();
+    let Ok(entries) = fs::read_dir(state_dir) else {
+        return gone;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // ".<id>.tmp<pid>"
+        let Some((_, pid)) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp")) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() && fs::remove_file(entry.path()).is_ok() {
+            gone.push(entry.path());
+        }
+    }
+    gone
 }
 
 /// Write atomically: a reader sees the old record or the new one, never half of one.
@@ -284,28 +380,31 @@ fn setup(
         }
     }
     let name = pin_name(id);
-    let pinned = match netns::pin(&name, &sandbox) {
-        Err(netns::Error::Exists { .. }) => {
-            // Left by an earlier sandbox of the same id that crashed: replace it.
-            netns::remove(&name)?;
-            netns::pin(&name, &sandbox)?
-        }
-        r => r?,
-    };
+    // The record goes first: a pin then always has a record, so a crash anywhere leaves
+    // something `gc --state-dir` finds.
     let mut rec = Record {
         id: id.to_string(),
         pid,
-        netns: pinned.path().to_path_buf(),
+        netns: rec_path_of(&name),
         config,
         ifname: ifname.clone(),
         result: None,
     };
+    write_record(state_dir, &rec)?;
     let undo = |e: Error| {
         let _ = netns::unpin(rec_path_of(&name));
         let _ = remove_record(state_dir, id);
         e
     };
-    write_record(state_dir, &rec).map_err(&undo)?;
+    let pinned = match netns::pin(&name, &sandbox) {
+        Err(netns::Error::Exists { .. }) => {
+            // Left by an earlier sandbox of the same id that crashed: replace it.
+            netns::remove(&name)
+                .and_then(|_| netns::pin(&name, &sandbox))
+                .map_err(|e| undo(e.into()))?
+        }
+        r => r.map_err(|e| undo(e.into()))?,
+    };
     let res = crate::setup(net, pinned.path(), id, &ifname).map_err(&undo)?;
     rec.result = Some(res.clone());
     // The attachment works without the result in the record; only prestart's shortcut
@@ -436,8 +535,38 @@ mod tests {
         );
         remove_record(d.path(), "x1").unwrap();
         remove_record(d.path(), "x1").unwrap();
-        fs::write(record_path(d.path(), "x2"), "garbage").unwrap();
-        assert!(read_record(d.path(), "x2").is_err());
+        // A torn record is reported and treated as absent: setup and teardown by id
+        // still work. A symlink planted as a record is refused.
+        fs::write(record_path(d.path(), "x2"), "{\"id\":\"x2\",\"pi").unwrap();
+        assert!(read_record(d.path(), "x2").unwrap().is_none());
+        std::os::unix::fs::symlink("/etc/hostname", record_path(d.path(), "x3")).unwrap();
+        assert!(read_record(d.path(), "x3").is_err());
         assert!(read_record(d.path(), "../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn sandboxes_list_dead_and_torn_records() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = |id: &str, pid: i32| Record {
+            id: id.into(),
+            pid,
+            netns: format!("/run/netns/podwire-{id}").into(),
+            config: "/etc/c.json".into(),
+            ifname: "eth0".into(),
+            result: None,
+        };
+        // pid 0 never has a namespace of its own to look at: dead.
+        write_record(d.path(), &rec("gone", 0)).unwrap();
+        fs::write(record_path(d.path(), "torn"), "{").unwrap();
+        fs::write(d.path().join(".gone.tmp999999999"), "{").unwrap();
+        fs::write(d.path().join("not a record"), "").unwrap();
+        let sb = sandboxes(d.path()).unwrap();
+        let ids: Vec<(&str, bool, bool)> = sb
+            .iter()
+            .map(|s| (s.id.as_str(), s.live, s.record.is_some()))
+            .collect();
+        assert_eq!(ids, vec![("gone", false, true), ("torn", false, false)]);
+        let tmp = remove_stale_tmp(d.path());
+        assert_eq!(tmp, vec![d.path().join(".gone.tmp999999999")]);
     }
 }

@@ -237,6 +237,59 @@ impl Store {
         Ok(out)
     }
 
+    /// What a crash or a foreign writer can leave that no attachment owns: temporary files
+    /// of a writer killed between write and link (every writer holds the lock, so while we
+    /// hold it none is in flight), and address records that are torn (no container id),
+    /// unreadable or not regular files. Each would otherwise hold its address forever.
+    pub fn debris(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let path = entry.path();
+            if name.starts_with(".tmp-") {
+                out.push(path);
+                continue;
+            }
+            if name.parse::<IpAddr>().is_err() {
+                continue;
+            }
+            let mut s = String::new();
+            let ok = nofollow()
+                .read(true)
+                .open(&path)
+                .and_then(|mut f| f.read_to_string(&mut s))
+                .is_ok();
+            if !ok
+                || s.trim()
+                    .split(LINE_BREAK)
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .is_empty()
+            {
+                out.push(path);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Remove [`Store::debris`]; returns what went.
+    pub fn remove_debris(&self) -> Result<Vec<PathBuf>> {
+        let mut gone = Vec::new();
+        for p in self.debris()? {
+            // remove_file unlinks a symlink itself, never its target.
+            match fs::remove_file(&p) {
+                Ok(()) => gone.push(p),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove IPAM debris", &p, e)),
+            }
+        }
+        Ok(gone)
+    }
+
     /// Addresses held by (id, ifname). Records without an ifname (older host-local) match
     /// on the id alone.
     pub fn get_by_id(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
@@ -376,6 +429,17 @@ mod tests {
             s.allocate(&n, "next", "eth0").unwrap()[0].ip.to_string(),
             "10.9.0.52"
         );
+        // GC's debris: the torn records and a killed writer's temporary file, nothing else.
+        fs::write(d.path().join("t/.tmp-77-10.9.0.60"), b"x\r\neth0").unwrap();
+        let gone = s.remove_debris().unwrap();
+        let names: Vec<_> = gone
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names, vec![".tmp-77-10.9.0.60", "10.9.0.50", "10.9.0.51"]);
+        assert_eq!(s.records().unwrap().len(), 2);
+        assert!(d.path().join("t/not-an-ip").exists());
+        assert!(d.path().join("t/lock").exists());
     }
 
     #[test]

@@ -94,6 +94,10 @@ enum Cmd {
         /// A live attachment, CONTAINER_ID/IFNAME (repeat; none means remove all).
         #[arg(long = "valid")]
         valid: Vec<String>,
+        /// Also the OCI hook's records: sandboxes still running are valid; dead ones
+        /// (a poststop that never ran, a hook killed half way) lose their pin and record.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Routes between nodes' pod subnets, from a list of Kubernetes Node objects
     /// (`kubectl get nodes -o json`). Prints JSON; `--apply` installs this node's routes.
@@ -228,7 +232,11 @@ fn run(cmd: Cmd) -> Result<()> {
                 })
             );
         }
-        Cmd::Gc { config, valid } => {
+        Cmd::Gc {
+            config,
+            valid,
+            state_dir,
+        } => {
             let net = read_config(&config)?;
             runtime_shim::check_capabilities()?;
             let mut set = std::collections::BTreeSet::new();
@@ -240,7 +248,29 @@ fn run(cmd: Cmd) -> Result<()> {
                 })?;
                 set.insert((id.to_string(), ifname.to_string()));
             }
-            let report = runtime_shim::gc::gc(&net, &set)?;
+            let mut dead = Vec::new();
+            if let Some(dir) = &state_dir {
+                for sb in runtime_shim::hook::sandboxes(dir)? {
+                    match sb.record {
+                        Some(r) if sb.live => {
+                            set.insert((r.id, r.ifname));
+                        }
+                        _ => dead.push(sb.id),
+                    }
+                }
+            }
+            let mut report = runtime_shim::gc::gc(&net, &set)?;
+            if let Some(dir) = &state_dir {
+                for id in dead {
+                    runtime_shim::hook::forget(dir, &id)?;
+                    report.sandboxes.push(id);
+                }
+                report.debris.extend(
+                    runtime_shim::hook::remove_stale_tmp(dir)
+                        .iter()
+                        .map(|p| p.display().to_string()),
+                );
+            }
             println!("{report}");
         }
     }

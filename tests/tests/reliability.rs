@@ -283,3 +283,283 @@ fn the_shim_keeps_only_the_capabilities_it_needs() {
     assert_eq!(field("CapAmb"), 0, "{caps}");
     assert!(n.teardown("caps1").status.success());
 }
+
+/// Sandbox processes in their own network namespace inside a node, and the pins the hook
+/// made for them in /run/netns: both gone on drop, whatever the test did.
+struct Sandboxes {
+    procs: Vec<std::process::Child>,
+    ids: Vec<String>,
+}
+
+impl Sandboxes {
+    /// A process in a new network namespace under `node` (as runc's sandbox would be).
+    fn spawn(&mut self, node: &Ns, id: &str) -> u32 {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", node.path().display()))
+            .args(["--", "unshare", "--net", "sleep", "600"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // nsenter and unshare exec in place: once it is `sleep`, the namespace is its own.
+        wait_for("sandbox process", Duration::from_secs(10), || {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == "sleep").then_some(())
+        });
+        self.procs.push(child);
+        self.ids.push(id.to_string());
+        pid
+    }
+
+    fn kill(&mut self, pid: u32) {
+        if let Some(c) = self.procs.iter_mut().find(|c| c.id() == pid) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Sandboxes {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for id in &self.ids {
+            let _ = netns::remove(&format!("podwire-{id}"));
+        }
+    }
+}
+
+fn pinned(id: &str) -> bool {
+    std::path::Path::new(&format!("/run/netns/podwire-{id}")).exists()
+}
+
+#[test]
+fn sigkill_during_the_oci_hook_leaves_nothing_poststop_or_gc_cannot_clear() {
+    let n = Net::new("hkill", "10.84.0.0/24");
+    let state = n.dir.path().join("state");
+    let state_s = state.to_str().unwrap();
+    let tag = unique_name("hk");
+    let mut sb = Sandboxes {
+        procs: Vec::new(),
+        ids: Vec::new(),
+    };
+    let hook = |stage: &str, state_json: String| {
+        let mut c = n
+            .cmd(&["hook", "--stage", stage, "--state-dir", state_s])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        // The hook may already be dead (killed) or done: a broken pipe is fine.
+        let _ = c.stdin.take().unwrap().write_all(state_json.as_bytes());
+        c
+    };
+    let created = |id: &str, pid: u32| {
+        serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": "creating", "pid": pid,
+                           "bundle": "/nonexistent", "annotations": {}})
+        .to_string()
+    };
+    // A sandbox wired in full: GC must keep it.
+    let warm = format!("{tag}-warm");
+    let warm_pid = sb.spawn(&n.node.node, &warm);
+    let o = hook("createRuntime", created(&warm, warm_pid))
+        .wait_with_output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // SIGKILL 0 to 15 ms after exec: before the record, between record and pin, during
+    // the veth/IPAM work and after.
+    let mut killed = Vec::new();
+    for i in 0..30 {
+        let id = format!("{tag}-{i}");
+        let pid = sb.spawn(&n.node.node, &id);
+        let mut c = hook("createRuntime", created(&id, pid));
+        std::thread::sleep(Duration::from_micros(i as u64 * 500));
+        let _ = c.kill();
+        let _ = c.wait();
+        killed.push((id, pid));
+    }
+    let left_after_kills = killed.iter().filter(|(id, _)| pinned(id)).count();
+    let records_after_kills = std::fs::read_dir(&state).unwrap().count() - 1;
+    eprintln!(
+        "hook kills: {left_after_kills}/30 left a pin, {records_after_kills} a record, {} an address",
+        n.records().len() - 1
+    );
+    assert!(left_after_kills > 0, "no kill landed after the pin");
+
+    // Half get their poststop (the runtime deletes the container: the process is gone,
+    // the state has no pid); the rest die unseen, for GC to find.
+    for (i, (id, pid)) in killed.iter().enumerate() {
+        sb.kill(*pid);
+        if i % 2 == 0 {
+            let stopped = serde_json::json!({"ociVersion": "1.0.2", "id": id,
+                                              "status": "stopped", "bundle": "/nonexistent"});
+            let o = hook("poststop", stopped.to_string())
+                .wait_with_output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "poststop {id}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(!pinned(id), "{id}: poststop left its pin");
+        }
+    }
+    let o = n.cmd(&["gc", "--state-dir", state_s]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "gc: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = String::from_utf8_lossy(&o.stdout).to_string();
+    eprintln!("gc: {}", report.split(';').next().unwrap_or(""));
+
+    for (id, _) in &killed {
+        assert!(!pinned(id), "{id}: pin left after GC ({report})");
+    }
+    let mut records: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    records.sort();
+    assert_eq!(records, vec![format!("{warm}.json")], "GC: {report}");
+    assert!(pinned(&warm), "GC removed a live sandbox's pin");
+    assert_eq!(
+        n.records().len(),
+        1,
+        "only warm's address remains: {report}"
+    );
+    assert_eq!(
+        n.host_veths().len(),
+        1,
+        "only warm's veth remains: {report}"
+    );
+
+    // The live one still tears down cleanly.
+    let stopped = serde_json::json!({"ociVersion": "1.0.2", "id": warm, "status": "stopped"});
+    let o = hook("poststop", stopped.to_string())
+        .wait_with_output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!pinned(&warm));
+    assert!(n.records().is_empty() && n.host_veths().is_empty());
+}
+
+#[test]
+fn ipam_state_survives_a_reboot_like_restart_and_torn_records() {
+    let dir = TempDir::new("boot");
+    let data = dir.path().join("ipam");
+    let config = dir.path().join("net.json");
+    let name = "pwboot";
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "cniVersion": "1.0.0", "name": name, "bridge": "pwbr0", "isDefaultGateway": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.85.0.0/24"}]],
+                     "dataDir": data}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let shim = |node: &Ns, args: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net={}", node.path().display()))
+            .arg("--")
+            .arg(bin("runtime-shim"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let setup = |node: &Ns, pod: &Ns, id: &str| {
+        let o = shim(
+            node,
+            &["setup", "--netns", pod.path().to_str().unwrap(), "--id", id],
+        );
+        assert!(
+            o.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        ip_of(&o)
+    };
+
+    // Before: four pods on one node.
+    let mut before = Vec::new();
+    {
+        let mut node = Node::new("boot-a");
+        for i in 0..4 {
+            let p = node.add_pod(&format!("boot-a{i}"));
+            before.push(setup(&node.node, node.pod(p), &format!("old{i}")));
+        }
+        // A power cut: a torn (empty) record, a garbage one, a writer's temporary file
+        // and a half-written round-robin cursor.
+        let net_dir = data.join(name);
+        std::fs::write(net_dir.join("10.85.0.200"), "").unwrap();
+        std::fs::write(net_dir.join("10.85.0.201"), [0xffu8, 0xfe, 0, 0x80]).unwrap();
+        std::fs::write(net_dir.join(".tmp-4000000-10.85.0.202"), "old9\r\neth0").unwrap();
+        std::fs::write(net_dir.join("last_reserved_ip.0"), "10.85.").unwrap();
+    } // Reboot: every namespace, link and process is gone; the data dir is on disk.
+    let torn = ["10.85.0.200", "10.85.0.201"];
+
+    // After: a new node, a new process that knows only the data dir.
+    let mut node = Node::new("boot-b");
+    let mut after = Vec::new();
+    for i in 0..4 {
+        let p = node.add_pod(&format!("boot-b{i}"));
+        let ip = setup(&node.node, node.pod(p), &format!("new{i}"));
+        assert!(
+            !before.contains(&ip),
+            "{ip} is still reserved for an old pod"
+        );
+        assert!(
+            !torn.contains(&ip.as_str()),
+            "{ip} is held by a torn record"
+        );
+        after.push(ip);
+    }
+    // The runtime's DELs for the old pods (namespace gone) release their addresses; the
+    // torn records are reported, not fatal.
+    for i in 0..4 {
+        let o = shim(&node.node, &["teardown", "--id", &format!("old{i}")]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("10.85.0.200") && err.contains("10.85.0.201"),
+            "{err}"
+        );
+    }
+    let mut held = ipam_records(&data, name);
+    held.retain(|ip| !torn.contains(&ip.as_str()));
+    let mut want = after.clone();
+    want.sort();
+    assert_eq!(held, want, "only the new pods' addresses are held");
+
+    // GC with the live attachments reclaims the debris.
+    let mut args = vec!["gc".to_string()];
+    for i in 0..4 {
+        args.push("--valid".into());
+        args.push(format!("new{i}/eth0"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = shim(&node.node, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(report.contains("3 debris file(s)"), "{report}");
+    assert_eq!(ipam_records(&data, name), want, "{report}");
+    assert!(
+        !data.join(name).join(".tmp-4000000-10.85.0.202").exists(),
+        "{report}"
+    );
+    for i in 0..4 {
+        let o = shim(&node.node, &["teardown", "--id", &format!("new{i}")]);
+        assert!(o.status.success());
+    }
+    assert!(ipam_records(&data, name).is_empty());
+}

@@ -1,0 +1,3 @@
+#![no_main]
+// The checks live in the library so `make test` replays seeds and saved crashes too.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| podwire_fuzz::join_rewrite(data));
