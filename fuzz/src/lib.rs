@@ -398,8 +398,8 @@ pub fn iptables_gen(data: &[u8]) {
         &objs,
         &SyncPlan {
             full: false,
-            previous: full.digests.clone(),
-            existing_chains: full.active_chains.clone(),
+            previous: Some(full.state.clone()),
+            existing_chains: full.active_chains(),
         },
     );
     assert_eq!(partial.written_services, 0, "unchanged services rewritten");

@@ -16,7 +16,7 @@ pub mod render;
 pub mod rules;
 pub mod state;
 
-pub use rules::{Generated, SyncPlan};
+pub use rules::{Generated, ServiceState, SyncPlan, SyncState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -119,10 +119,9 @@ pub fn mark_for_bit(bit: u32) -> Result<String> {
     Ok(format!("0x{:08x}", 1u32 << bit))
 }
 
-/// Parse, build the model, generate. `objects` already holds the parsed input.
+/// Build the model and generate. `objects` already holds the parsed input.
 pub fn generate(cfg: &Config, objects: &model::Objects, plan: &SyncPlan) -> Generated {
-    let m = proxier::build(cfg, objects);
-    rules::generate(cfg, &m, plan)
+    rules::generate(cfg, objects, plan)
 }
 
 #[cfg(test)]

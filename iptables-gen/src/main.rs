@@ -539,7 +539,7 @@ fn run(cli: Cli) -> Result<()> {
         });
     }
     let prev = match &cli.state_dir {
-        Some(d) => match state::State::load(d, cfg.family) {
+        Some(d) => match state::load(d, cfg.family) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("iptables-gen: {e}; doing a full sync");
@@ -550,22 +550,18 @@ fn run(cli: Cli) -> Result<()> {
     };
     let mut plan = SyncPlan {
         full: cli.full || prev.is_none(),
+        previous: prev,
         ..Default::default()
     };
-    if let Some(p) = &prev {
-        plan.previous = p.digests.clone();
-        plan.existing_chains = p.chains.clone();
-    }
     if cli.apply {
         plan.existing_chains
             .extend(kernel_service_chains(cfg.family)?);
     }
-    let model = iptables_gen::proxier::build(&cfg, &objs);
-    for w in &model.warnings {
+    let g = iptables_gen::generate(&cfg, &objs, &plan);
+    for w in &g.warnings {
         eprintln!("iptables-gen: {w}");
     }
-    let g = iptables_gen::rules::generate(&cfg, &model, &plan);
-    let st = state::State::from_generated(&g);
+    let st = &g.state;
     if cli.apply {
         if plan.full {
             ensure_jumps(&cfg)?;
@@ -578,7 +574,7 @@ fn run(cli: Cli) -> Result<()> {
         ) {
             Ok(_) => {
                 if let Some(d) = &cli.state_dir {
-                    state::save_pending(d, cfg.family, &st)?;
+                    state::save_pending(d, cfg.family, st)?;
                     state::commit(d, cfg.family)?;
                 }
                 eprintln!(
@@ -597,7 +593,7 @@ fn run(cli: Cli) -> Result<()> {
         }
     } else {
         if let Some(d) = &cli.state_dir {
-            state::save_pending(d, cfg.family, &st)?;
+            state::save_pending(d, cfg.family, st)?;
         }
         let text = if cli.normalize {
             render::normalize(&g.text)?

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{Error, Result};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 pub struct Meta {
     #[serde(default)]
     pub name: String,
@@ -21,9 +21,12 @@ pub struct Meta {
     pub namespace: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Changes on every write to the object (partial syncs use it to spot changes).
+    #[serde(default, rename = "resourceVersion")]
+    pub resource_version: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     #[serde(default)]
@@ -34,7 +37,7 @@ pub struct Service {
     pub status: ServiceStatus,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     #[serde(default, rename = "type")]
@@ -61,21 +64,21 @@ pub struct ServiceSpec {
     pub session_affinity_config: Option<AffinityConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AffinityConfig {
     #[serde(default, rename = "clientIP")]
     pub client_ip: Option<ClientIpConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientIpConfig {
     #[serde(default)]
     pub timeout_seconds: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortSpec {
     #[serde(default)]
@@ -88,20 +91,20 @@ pub struct PortSpec {
     pub node_port: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     #[serde(default)]
     pub load_balancer: Option<LbStatus>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 pub struct LbStatus {
     #[serde(default)]
     pub ingress: Option<Vec<LbIngress>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LbIngress {
     #[serde(default)]
@@ -110,7 +113,7 @@ pub struct LbIngress {
     pub ip_mode: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
     #[serde(default)]
@@ -123,7 +126,7 @@ pub struct EndpointSlice {
     pub ports: Option<Vec<SlicePort>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SliceEndpoint {
     #[serde(default)]
@@ -134,7 +137,7 @@ pub struct SliceEndpoint {
     pub node_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Hash, Deserialize)]
 pub struct Conditions {
     #[serde(default)]
     pub ready: Option<bool>,
@@ -144,7 +147,7 @@ pub struct Conditions {
     pub terminating: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize)]
 pub struct SlicePort {
     #[serde(default)]
     pub name: Option<String>,

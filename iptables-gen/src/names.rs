@@ -7,19 +7,24 @@ const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 /// The first 16 characters of the RFC 4648 base32 (standard alphabet) encoding of the
 /// sha256 of the concatenated parts. 16 chars = 80 bits = the first 10 bytes.
 pub fn hash16(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(16);
+    hash16_into(&mut out, parts);
+    out
+}
+
+/// [`hash16`] appended to `out` (chain names are built with one allocation).
+fn hash16_into(out: &mut String, parts: &[&str]) {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
     }
     let d = h.finalize();
-    let mut out = String::with_capacity(16);
     for chunk in d[..10].chunks(5) {
         let v = chunk.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
         for i in (0..8).rev() {
             out.push(B32[((v >> (i * 5)) & 31) as usize] as char);
         }
     }
-    out
 }
 
 /// The hash shared by a service port's SVC, SVL, EXT and FW chains.
@@ -41,7 +46,10 @@ pub fn fw_chain(h: &str) -> String {
 }
 /// `endpoint` is `ip:port` (`[ip]:port` for IPv6) with the endpoint's target port.
 pub fn sep_chain(svc_port_name: &str, protocol: &str, endpoint: &str) -> String {
-    format!("KUBE-SEP-{}", hash16(&[svc_port_name, protocol, endpoint]))
+    let mut out = String::with_capacity(25);
+    out.push_str("KUBE-SEP-");
+    hash16_into(&mut out, &[svc_port_name, protocol, endpoint]);
+    out
 }
 
 /// Prefixes of the per-service chains (the ones partial syncs and stale deletion manage).

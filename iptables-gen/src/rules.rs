@@ -1,27 +1,57 @@
 //! Rule generation: the four line buffers of kube-proxy's `syncProxyRules` (spec §3-§4),
 //! written straight into strings (10k services are ~40 MB of text).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use crate::model::Objects;
 use crate::names;
-use crate::proxier::{Categorized, Endpoint, Model, ServicePort, categorize, service_digest};
+use crate::proxier::{self, Categorized, Endpoint, Group, GroupModel, ServicePort, categorize};
 use crate::{Config, Family, LocalDetector};
 
 pub const LARGE_CLUSTER_ENDPOINTS_THRESHOLD: usize = 1000;
 const NFACCT_INVALID: &str = "ct_state_invalid_dropped_pkts";
 const NFACCT_LOCALHOST_NPS: &str = "localhost_nps_accepted_pkts";
 
+/// What one sync leaves for the next partial sync.
+#[derive(Debug, Default, Clone)]
+pub struct SyncState {
+    /// Key of the service digests: a secret of this state, so a crafted object cannot
+    /// collide with its previous digest and keep stale rules.
+    pub seed: [u64; 2],
+    /// Config and large-cluster mode the rules were written with; a change rewrites all.
+    pub fingerprint: u64,
+    /// Per service (`namespace/name`, including slices whose service is absent).
+    pub services: foldhash::HashMap<Arc<str>, Arc<ServiceState>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Digest of the service and its EndpointSlices as read.
+    pub digest: u64,
+    /// Its share of the endpoint count that decides large-cluster mode.
+    pub endpoints: usize,
+    /// Output order: (svc port name, protocol) of its first port; None without ports.
+    pub order: Option<(String, String)>,
+    /// Its per-service chains (KUBE-SVC/SVL/EXT/FW/SEP).
+    pub chains: Vec<String>,
+    /// Its lines in the shared chains (filter, nat), kept in memory between syncs so an
+    /// unchanged service costs a copy; a state read from disk has none and re-renders them.
+    pub shared: Option<(String, String)>,
+}
+
 /// What to write this time.
 #[derive(Debug, Default, Clone)]
 pub struct SyncPlan {
     /// Write every service's nat chains (otherwise only changed ones).
     pub full: bool,
-    /// Digest per service (`ns/name`) from the previous applied sync.
-    pub previous: BTreeMap<String, u64>,
-    /// Per-service chains believed to exist in the kernel (previous state and/or
-    /// `iptables-save`): the ones no longer active get `-X`.
+    /// The last applied sync.
+    pub previous: Option<SyncState>,
+    /// Per-service chains believed to exist in the kernel besides the previous state's
+    /// (from `iptables-save`): the ones no longer active get `-X`.
     pub existing_chains: BTreeSet<String>,
 }
 
@@ -29,15 +59,25 @@ pub struct SyncPlan {
 #[derive(Debug, Default)]
 pub struct Generated {
     pub text: String,
-    /// Digest of every service written or kept, by `ns/name`.
-    pub digests: BTreeMap<String, u64>,
-    /// Every per-service chain that is active after this sync.
-    pub active_chains: BTreeSet<String>,
+    pub state: SyncState,
     /// Services whose nat chains were (re)written.
     pub written_services: usize,
     /// Chains deleted (`-X`).
     pub deleted_chains: Vec<String>,
     pub large_cluster: bool,
+    /// Problems found in the input (skipped IPs, ...), for stderr.
+    pub warnings: Vec<String>,
+}
+
+impl Generated {
+    /// Every per-service chain active after this sync.
+    pub fn active_chains(&self) -> BTreeSet<String> {
+        self.state
+            .services
+            .values()
+            .flat_map(|s| s.chains.iter().cloned())
+            .collect()
+    }
 }
 
 /// A line buffer: arguments joined by single spaces, newline-terminated.
@@ -68,6 +108,11 @@ impl Buf {
         }
         self.0.push('\n');
     }
+    /// The buffer, when this one writes (hot paths append to it directly, with the same
+    /// single-space layout as `line`).
+    fn on(&mut self) -> Option<&mut String> {
+        self.1.then_some(&mut self.0)
+    }
     fn chain(&mut self, name: &str) {
         if !self.1 {
             return;
@@ -87,8 +132,9 @@ fn comment(c: &str) -> String {
     }
 }
 
-fn probability(n: usize) -> String {
-    format!("{:.10}", 1.0 / n as f64)
+/// `--probability` of the k-th of n endpoints: 1/(n-k), Go's `%0.10f`.
+fn push_probability(b: &mut String, remaining: usize) {
+    let _ = write!(b, "{:.10}", 1.0 / remaining as f64);
 }
 
 impl LocalDetector {
@@ -110,16 +156,112 @@ impl LocalDetector {
     }
 }
 
-/// Generate the restore input for `model` (spec §3-§4, §6).
-pub fn generate(cfg: &Config, model: &Model, plan: &SyncPlan) -> Generated {
+fn random_seed() -> [u64; 2] {
+    use std::hash::BuildHasher;
+    // RandomState's keys come from the OS's random source.
+    let r = std::collections::hash_map::RandomState::new();
+    [r.hash_one(1u8), r.hash_one(2u8)]
+}
+
+/// Keyed by the state's secret, so a crafted object cannot be made to keep its previous
+/// digest. Objects from the API server carry a `resourceVersion`, which changes on every
+/// write (what kube-proxy's watch reacts to): when the service and all its slices have
+/// one, those are the digest (O(objects)); otherwise the whole content is (O(endpoints)).
+fn group_digest(shared: &foldhash::SharedSeed, seed: u64, g: &Group) -> u64 {
+    let mut h = foldhash::quality::FoldHasher::with_seed(seed, shared);
+    let versioned = g
+        .service
+        .is_none_or(|s| s.metadata.resource_version.is_some())
+        && g.slices
+            .iter()
+            .all(|s| s.metadata.resource_version.is_some());
+    versioned.hash(&mut h);
+    if versioned {
+        g.service
+            .map(|s| (&s.metadata.name, &s.metadata.resource_version))
+            .hash(&mut h);
+        g.slices.len().hash(&mut h);
+        for sl in &g.slices {
+            (&sl.metadata.name, &sl.metadata.resource_version).hash(&mut h);
+        }
+    } else {
+        g.service.hash(&mut h);
+        g.slices.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Settings that change per-service text, and large-cluster mode.
+fn config_fingerprint(cfg: &Config, large: bool) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    format!("{cfg:?}").hash(&mut h);
+    large.hash(&mut h);
+    h.finish()
+}
+
+/// Generate the restore input for `objs` (spec §3-§4, §6). A partial sync (`plan.previous`
+/// without `full`) re-renders only services whose objects changed; an unchanged service's
+/// shared-chain lines are copied from the previous state and its chains left alone.
+pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
+    let groups = proxier::groups(objs);
+    let prev = plan.previous.as_ref();
+    let seed = prev.map_or_else(random_seed, |p| p.seed);
+    let shared_seed = foldhash::SharedSeed::from_u64(seed[1]);
+    let mut warnings = Vec::new();
+
+    // Digests, and the models of what changed (the rest is counted from the state).
+    let mut models: Vec<Option<GroupModel>> = Vec::with_capacity(groups.len());
+    let mut kept: Vec<Option<(&Arc<str>, &Arc<ServiceState>)>> = Vec::with_capacity(groups.len());
+    let mut digests = Vec::with_capacity(groups.len());
+    let mut total = 0usize;
+    let mut key = String::new();
+    for g in &groups {
+        let d = group_digest(&shared_seed, seed[0], g);
+        digests.push(d);
+        let same = prev
+            .filter(|_| !plan.full)
+            .and_then(|p| p.services.get_key_value(g.key(&mut key)))
+            .filter(|(_, s)| s.digest == d);
+        match same {
+            Some((_, s)) => {
+                total += s.endpoints;
+                models.push(None);
+            }
+            None => {
+                let m = proxier::build_group(cfg, g);
+                total += m.total_endpoints;
+                models.push(Some(m));
+            }
+        }
+        kept.push(same);
+    }
+    let large = total > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+    let fingerprint = config_fingerprint(cfg, large);
+    if prev.is_some_and(|p| p.fingerprint != fingerprint) {
+        kept.iter_mut().for_each(|k| *k = None);
+    }
+    // A kept service without its shared lines in memory (state read from disk), or one
+    // re-rendered after a config change, needs its model.
+    for (i, g) in groups.iter().enumerate() {
+        if models[i].is_none() && kept[i].is_none_or(|(_, k)| k.shared.is_none()) {
+            models[i] = Some(proxier::build_group(cfg, g));
+        }
+    }
+    for m in models.iter_mut().flatten() {
+        warnings.append(&mut m.warnings);
+    }
+
     let mark = cfg.masquerade_mark.as_str();
     let v4 = cfg.family == Family::V4;
-    let large = model.total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
     let mut filter_chains = Buf::new();
     let mut filter_rules = Buf::new();
-    let mut nat_chains = Buf(String::with_capacity(model.ports.len() * 400), true);
-    let mut nat_rules = Buf(String::with_capacity(model.ports.len() * 4000), true);
-
+    let mut nat_chains = Buf::new();
+    let mut nat_rules = Buf::new();
+    if kept.iter().all(Option::is_none) {
+        // A full render: ~4 KiB of rules per service port.
+        nat_rules.0.reserve(groups.len() * 4000);
+        nat_chains.0.reserve(groups.len() * 400);
+    }
     for c in [
         "KUBE-SERVICES",
         "KUBE-EXTERNAL-SERVICES",
@@ -169,63 +311,177 @@ pub fn generate(cfg: &Config, model: &Model, plan: &SyncPlan) -> Generated {
         ]);
     }
 
-    let fingerprint = config_fingerprint(cfg, large);
     let mut out = Generated {
         large_cluster: large,
         ..Default::default()
     };
-    // Group ports by service: partial syncs decide per service.
-    let mut i = 0;
-    while i < model.ports.len() {
-        let key = model.ports[i].service_key();
-        let mut j = i;
-        while j < model.ports.len() && model.ports[j].service_key() == key {
-            j += 1;
+    out.state.seed = seed;
+    out.state.fingerprint = fingerprint;
+
+    // Output order: by the first port's (svc port name, protocol), as kube-proxy sorts.
+    let model_order: Vec<Option<(String, &str)>> = models
+        .iter()
+        .map(|m| {
+            m.as_ref()
+                .and_then(|m| m.ports.first())
+                .map(|p| (p.svc_port_name(), p.protocol))
+        })
+        .collect();
+    let order: Vec<Option<(&str, &str)>> = (0..groups.len())
+        .map(|i| match (&model_order[i], kept[i]) {
+            (Some((a, b)), _) => Some((a.as_str(), *b)),
+            (None, Some((_, k))) if models[i].is_none() => {
+                k.order.as_ref().map(|(a, b)| (a.as_str(), b.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    // Groups without ports write nothing; the others have unique orders.
+    let mut idx: Vec<usize> = (0..groups.len()).filter(|&i| order[i].is_some()).collect();
+    idx.sort_unstable_by(|&a, &b| order[a].cmp(&order[b]));
+    idx.extend((0..groups.len()).filter(|&i| order[i].is_none()));
+
+    // Chains of previous services that were re-rendered or are gone: candidates for -X.
+    // Mostly unchanged: start from the previous map (refcount copies) rather than
+    // inserting every service again.
+    let cloned = match prev {
+        Some(p) if kept.iter().any(Option::is_some) => {
+            out.state.services = p.services.clone();
+            true
         }
-        let ports: Vec<&ServicePort> = model.ports[i..j].iter().collect();
-        i = j;
-        let digest = service_digest(&ports, model, fingerprint);
-        let write_chains = plan.full || plan.previous.get(&key) != Some(&digest);
-        out.digests.insert(key, digest);
+        _ => {
+            out.state.services.reserve(groups.len());
+            false
+        }
+    };
+    let mut candidates: BTreeSet<&str> = BTreeSet::new();
+    let mut rewritten: Vec<Arc<str>> = Vec::new();
+    // Previous services still present: when all are, none went away (no scan needed).
+    let mut seen_prev = 0usize;
+    for &i in &idx {
+        let g = &groups[i];
+        if let Some((k, st)) = kept[i] {
+            if let Some((f, n)) = &st.shared {
+                filter_rules.0.push_str(f);
+                nat_rules.0.push_str(n);
+                if !cloned {
+                    out.state.services.insert(Arc::clone(k), Arc::clone(st));
+                }
+                seen_prev += 1;
+                continue;
+            }
+        }
+        let Some(m) = &models[i] else { continue };
+        let write_chains = kept[i].is_none();
+        let (mut f, mut n) = (Buf::new(), Buf::new());
         let (mut svc_chains, mut svc_rules) = if write_chains {
             (Buf::new(), Buf::new())
         } else {
             (Buf::off(), Buf::off())
         };
-        for sp in ports {
-            let eps = model.endpoints_of(sp);
+        let mut chains = Vec::new();
+        for (p, sp) in m.ports.iter().enumerate() {
+            let eps = m.endpoints_of(p);
             let cat = categorize(sp, eps);
             write_service_port(
                 cfg,
                 sp,
+                eps,
                 &cat,
                 large,
-                &mut filter_rules,
-                &mut nat_rules,
+                &mut f,
+                &mut n,
                 &mut svc_chains,
                 &mut svc_rules,
-                &mut out.active_chains,
+                &mut chains,
             );
+        }
+        filter_rules.0.push_str(&f.0);
+        nat_rules.0.push_str(&n.0);
+        let k: Arc<str> = Arc::from(g.key(&mut key));
+        if prev.is_some_and(|p| p.services.contains_key(&k)) {
+            seen_prev += 1;
         }
         if write_chains {
             nat_chains.0.push_str(&svc_chains.0);
             nat_rules.0.push_str(&svc_rules.0);
-            out.written_services += 1;
+            if !m.ports.is_empty() {
+                out.written_services += 1;
+            }
+            if let Some(old) = prev.and_then(|p| p.services.get(&k)) {
+                candidates.extend(old.chains.iter().map(String::as_str));
+            }
+            rewritten.push(Arc::clone(&k));
+        }
+        let chains = match kept[i] {
+            Some((_, st)) => st.chains.clone(),
+            None => {
+                chains.sort();
+                chains.dedup();
+                chains
+            }
+        };
+        let st = ServiceState {
+            digest: digests[i],
+            endpoints: m.total_endpoints,
+            order: order[i].map(|(a, b)| (a.to_string(), b.to_string())),
+            chains,
+            shared: Some((f.0, n.0)),
+        };
+        out.state.services.insert(k, Arc::new(st));
+    }
+    if let Some(p) = prev {
+        if seen_prev != p.services.len() {
+            // Some went away (a rare sync): find which.
+            let present: foldhash::HashSet<String> = groups
+                .iter()
+                .map(|g| format!("{}/{}", g.namespace, g.name))
+                .collect();
+            for (k, old) in &p.services {
+                if !present.contains(&**k) {
+                    candidates.extend(old.chains.iter().map(String::as_str));
+                    out.state.services.remove(k);
+                }
+            }
         }
     }
+    let rewritten_chains: foldhash::HashSet<&str> = rewritten
+        .iter()
+        .filter_map(|k| out.state.services.get(k))
+        .flat_map(|s| s.chains.iter().map(String::as_str))
+        .collect();
+    out.warnings = warnings;
 
     // Stale per-service chains: declared (so -X works even if iptables-save missed them)
-    // and deleted after every -A line.
-    let mut stale = Vec::new();
+    // and deleted after every -A line. A previous chain of a re-rendered service can only
+    // come back as that service's; a chain seen in the kernel may be anyone's.
+    let all_active: foldhash::HashSet<&str> = if plan.existing_chains.is_empty() {
+        foldhash::HashSet::default()
+    } else {
+        out.state
+            .services
+            .values()
+            .flat_map(|s| s.chains.iter().map(String::as_str))
+            .collect()
+    };
+    let mut stale: BTreeSet<String> = BTreeSet::new();
+    for c in candidates {
+        if !rewritten_chains.contains(c) && !all_active.contains(c) {
+            stale.insert(c.to_string());
+        }
+    }
     for c in &plan.existing_chains {
-        if !out.active_chains.contains(c)
+        if !all_active.contains(c.as_str())
             && names::SERVICE_CHAIN_PREFIXES
                 .iter()
                 .any(|p| c.starts_with(p))
         {
-            nat_chains.chain(c);
-            stale.push(c.clone());
+            stale.insert(c.clone());
         }
+    }
+    let stale: Vec<String> = stale.into_iter().collect();
+    for c in &stale {
+        nat_chains.chain(c);
     }
     for c in &stale {
         nat_rules.line(&["-X", c]);
@@ -318,29 +574,18 @@ pub fn generate(cfg: &Config, model: &Model, plan: &SyncPlan) -> Generated {
     out
 }
 
-/// Settings that change per-service chain text: part of every service's digest.
-fn config_fingerprint(cfg: &Config, large: bool) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    cfg.masquerade_mark.hash(&mut h);
-    cfg.masquerade_all.hash(&mut h);
-    format!("{:?}", cfg.local_detector).hash(&mut h);
-    cfg.node_ip.hash(&mut h);
-    large.hash(&mut h);
-    h.finish()
-}
-
 #[allow(clippy::too_many_arguments)]
 fn write_service_port(
     cfg: &Config,
     sp: &ServicePort,
+    eps: &[Endpoint],
     cat: &Categorized,
     large: bool,
     filter_rules: &mut Buf,
     nat_rules: &mut Buf,
     svc_chains: &mut Buf,
     svc_rules: &mut Buf,
-    active: &mut BTreeSet<String>,
+    active: &mut Vec<String>,
 ) {
     let spn = sp.svc_port_name();
     let p = sp.protocol;
@@ -526,6 +771,9 @@ fn write_service_port(
     }
 
     // The per-service nat chains (kept out of partial syncs when unchanged).
+    if !svc_rules.1 {
+        return;
+    }
     // 6. Internal masquerade.
     if has_internal {
         let args = [
@@ -565,7 +813,7 @@ fn write_service_port(
     // 7. EXT chain.
     if uses_ext_chain {
         svc_chains.chain(&ext);
-        active.insert(ext.clone());
+        active.push(ext.clone());
         let head = format!("-A {ext}");
         if !sp.external_policy_local {
             svc_rules.line(&[
@@ -608,7 +856,7 @@ fn write_service_port(
     // 8. FW chain.
     if uses_fw_chain {
         svc_chains.chain(&fw);
-        active.insert(fw.clone());
+        active.push(fw.clone());
         let head = format!("-A {fw}");
         let c = comment(&format!("{spn} loadbalancer IP"));
         for r in &sp.source_ranges {
@@ -628,89 +876,111 @@ fn write_service_port(
             )),
         ]);
     }
+    // One SEP name per reachable endpoint (a sha256 each: computed once).
+    let mut seps: Vec<Option<String>> = vec![None; eps.len()];
+    for &i in &cat.all_reachable {
+        seps[i] = Some(names::sep_chain(&spn, p, &eps[i].addr));
+    }
+    let sep_of = |i: usize| seps[i].as_deref().unwrap_or_default();
     // 9./10. SVC and SVL chains.
     if uses_cluster_chain {
         svc_chains.chain(&svc);
-        active.insert(svc.clone());
-        endpoint_rules(sp, &spn, &svc, &cat.cluster, large, svc_rules);
+        active.push(svc.clone());
+        endpoint_rules(sp, &spn, &svc, eps, &cat.cluster, &sep_of, large, svc_rules);
     }
     if uses_local_chain {
         svc_chains.chain(&svl);
-        active.insert(svl.clone());
-        endpoint_rules(sp, &spn, &svl, &cat.local, large, svc_rules);
+        active.push(svl.clone());
+        endpoint_rules(sp, &spn, &svl, eps, &cat.local, &sep_of, large, svc_rules);
     }
     // 11. SEP chains.
-    for ep in &cat.all_reachable {
-        let sep = names::sep_chain(&spn, p, &ep.addr);
-        svc_chains.chain(&sep);
-        let head = format!("-A {sep}");
-        let c = if large { String::new() } else { comment(&spn) };
-        svc_rules.line(&[&head, &c, "-s", &ep.ip.to_string(), "-j KUBE-MARK-MASQ"]);
-        let recent = if sp.sticky_seconds.is_some() {
-            format!("-m recent --name {sep} --set")
-        } else {
-            String::new()
-        };
-        svc_rules.line(&[
-            &head,
-            &c,
-            &recent,
-            &proto,
-            "-j DNAT --to-destination",
-            &ep.addr,
-        ]);
-        active.insert(sep);
+    let c = if large { String::new() } else { comment(&spn) };
+    for &i in &cat.all_reachable {
+        let ep = &eps[i];
+        let sep = sep_of(i);
+        svc_chains.chain(sep);
+        active.push(sep.to_string());
+        let Some(b) = svc_rules.on() else { continue };
+        // -A SEP [comment] -s IP -j KUBE-MARK-MASQ
+        // -A SEP [comment] [-m recent --name SEP --set] PROTO -j DNAT --to-destination ADDR
+        for masq in [true, false] {
+            b.push_str("-A ");
+            b.push_str(sep);
+            if !c.is_empty() {
+                b.push(' ');
+                b.push_str(&c);
+            }
+            if masq {
+                let _ = writeln!(b, " -s {} -j KUBE-MARK-MASQ", ep.ip);
+            } else {
+                if sp.sticky_seconds.is_some() {
+                    b.push_str(" -m recent --name ");
+                    b.push_str(sep);
+                    b.push_str(" --set");
+                }
+                b.push(' ');
+                b.push_str(&proto);
+                b.push_str(" -j DNAT --to-destination ");
+                b.push_str(&ep.addr);
+                b.push('\n');
+            }
+        }
     }
 }
 
-fn endpoint_rules(
+#[allow(clippy::too_many_arguments)]
+fn endpoint_rules<'a>(
     sp: &ServicePort,
     spn: &str,
     chain: &str,
-    eps: &[&Endpoint],
+    eps: &[Endpoint],
+    picked: &[usize],
+    sep_of: &dyn Fn(usize) -> &'a str,
     large: bool,
     out: &mut Buf,
 ) {
-    let head = format!("-A {chain}");
-    let seps: Vec<String> = eps
-        .iter()
-        .map(|e| names::sep_chain(spn, sp.protocol, &e.addr))
-        .collect();
-    let c = |e: &Endpoint| {
-        if large {
-            String::new()
-        } else {
-            comment(&format!("{spn} -> {}", e.addr))
+    let Some(b) = out.on() else { return };
+    // "-A CHAIN" and, below the large-cluster threshold, the per-endpoint comment (it
+    // always has spaces, so it is quoted).
+    let head = |b: &mut String, e: &Endpoint| {
+        b.push_str("-A ");
+        b.push_str(chain);
+        if !large {
+            let _ = write!(b, " -m comment --comment \"{spn} -> {}\"", e.addr);
         }
     };
     if let Some(t) = sp.sticky_seconds {
-        let secs = t.to_string();
-        for (e, sep) in eps.iter().zip(&seps) {
-            let mut recent = String::new();
-            let _ = write!(
-                recent,
-                "-m recent --name {sep} --rcheck --seconds {secs} --reap"
+        for &i in picked {
+            let sep = sep_of(i);
+            head(b, &eps[i]);
+            let _ = writeln!(
+                b,
+                " -m recent --name {sep} --rcheck --seconds {t} --reap -j {sep}"
             );
-            out.line(&[&head, &c(e), &recent, "-j", sep]);
         }
     }
-    let n = eps.len();
-    for (i, (e, sep)) in eps.iter().zip(&seps).enumerate() {
-        let stat = if i < n - 1 {
-            format!(
-                "-m statistic --mode random --probability {}",
-                probability(n - i)
-            )
-        } else {
-            String::new()
-        };
-        out.line(&[&head, &c(e), &stat, "-j", sep]);
+    let n = picked.len();
+    for (k, &i) in picked.iter().enumerate() {
+        head(b, &eps[i]);
+        if k < n - 1 {
+            b.push_str(" -m statistic --mode random --probability ");
+            push_probability(b, n - k);
+        }
+        b.push_str(" -j ");
+        b.push_str(sep_of(i));
+        b.push('\n');
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn probability(n: usize) -> String {
+        let mut s = String::new();
+        push_probability(&mut s, n);
+        s
+    }
 
     #[test]
     fn probabilities() {

@@ -5,22 +5,18 @@
 //! failed restore removes the state, so the next run is a full sync.
 //!
 //! Format (text, compact: 10k services x 10 endpoints is ~120k chain names):
-//! `podwire-iptables-gen 1 <family>`, then `s <digest> <ns/name>` and `c <chain>` lines.
+//! `podwire-iptables-gen 2 <family>`, `k <seed> <seed>` (the digest key), `f <fingerprint>`,
+//! then per service `s <digest> <endpoints> <ns/name> <svc port name|-> <protocol|->`
+//! followed by its `c <chain>` lines. A state of another version means a full sync.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::{Error, Family, Generated, Result};
+use crate::{Error, Family, Result, ServiceState, SyncState};
 
-const MAGIC: &str = "podwire-iptables-gen 1";
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct State {
-    pub digests: BTreeMap<String, u64>,
-    pub chains: BTreeSet<String>,
-}
+const MAGIC: &str = "podwire-iptables-gen 2";
 
 fn family_name(f: Family) -> &'static str {
     match f {
@@ -36,74 +32,121 @@ pub fn pending_path(dir: &Path, f: Family) -> PathBuf {
     dir.join(format!("pending-{}", family_name(f)))
 }
 
-impl State {
-    pub fn from_generated(g: &Generated) -> State {
-        State {
-            digests: g.digests.clone(),
-            chains: g.active_chains.clone(),
-        }
-    }
-
-    pub fn render(&self, f: Family) -> String {
-        let mut s = String::with_capacity(self.digests.len() * 48 + self.chains.len() * 27 + 32);
-        s.push_str(MAGIC);
-        s.push(' ');
-        s.push_str(family_name(f));
-        s.push('\n');
-        for (k, d) in &self.digests {
-            s.push_str(&format!("s {d:016x} {k}\n"));
-        }
-        for c in &self.chains {
-            s.push_str("c ");
-            s.push_str(c);
-            s.push('\n');
-        }
-        s
-    }
-
-    pub fn parse(text: &str, f: Family, path: &Path) -> Result<State> {
-        let corrupt = |reason: String| Error::State {
-            path: path.display().to_string(),
-            reason,
+/// The state as text. Services are written in name order (a stable file for a stable
+/// cluster); the shared-chain lines are not written (they are cheap to re-render).
+pub fn render(st: &SyncState, f: Family) -> String {
+    use std::fmt::Write as _;
+    let chains: usize = st.services.values().map(|s| s.chains.len()).sum();
+    let mut out = String::with_capacity(st.services.len() * 80 + chains * 27 + 96);
+    let _ = writeln!(out, "{MAGIC} {}", family_name(f));
+    let _ = writeln!(out, "k {:016x} {:016x}", st.seed[0], st.seed[1]);
+    let _ = writeln!(out, "f {:016x}", st.fingerprint);
+    let mut keys: Vec<&Arc<str>> = st.services.keys().collect();
+    keys.sort();
+    for k in keys {
+        let s = &st.services[k];
+        let (spn, proto) = match &s.order {
+            Some((a, b)) => (a.as_str(), b.as_str()),
+            None => ("-", "-"),
         };
-        let mut lines = text.lines();
-        let header = format!("{MAGIC} {}", family_name(f));
-        if lines.next() != Some(header.as_str()) {
-            return Err(corrupt("bad header".into()));
+        let _ = writeln!(out, "s {:016x} {} {k} {spn} {proto}", s.digest, s.endpoints);
+        for c in &s.chains {
+            out.push_str("c ");
+            out.push_str(c);
+            out.push('\n');
         }
-        let mut st = State::default();
-        for (i, l) in lines.enumerate() {
-            if let Some(rest) = l.strip_prefix("s ") {
-                let (d, k) = rest
-                    .split_once(' ')
-                    .ok_or_else(|| corrupt(format!("line {}: bad service line", i + 2)))?;
-                let d = u64::from_str_radix(d, 16)
-                    .map_err(|_| corrupt(format!("line {}: bad digest", i + 2)))?;
-                st.digests.insert(k.to_string(), d);
-            } else if let Some(c) = l.strip_prefix("c ") {
-                if !c.starts_with("KUBE-") || c.len() > 28 || c.contains(char::is_whitespace) {
-                    return Err(corrupt(format!("line {}: bad chain name", i + 2)));
-                }
-                st.chains.insert(c.to_string());
-            } else {
-                return Err(corrupt(format!("line {}: unknown record", i + 2)));
-            }
-        }
-        Ok(st)
     }
+    out
+}
 
-    /// The committed state, if any.
-    pub fn load(dir: &Path, f: Family) -> Result<Option<State>> {
-        let p = state_path(dir, f);
-        match fs::read_to_string(&p) {
-            Ok(t) => State::parse(&t, f, &p).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io {
-                op: "read",
-                path: p.display().to_string(),
-                source: e,
-            }),
+/// A token of the file: no whitespace, no quote, nothing that could reach a rule oddly.
+fn plain(t: &str) -> bool {
+    !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-./:_".contains(&b))
+}
+
+pub fn parse(text: &str, f: Family, path: &Path) -> Result<SyncState> {
+    let corrupt = |reason: String| Error::State {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut lines = text.lines();
+    let header = format!("{MAGIC} {}", family_name(f));
+    if lines.next() != Some(header.as_str()) {
+        return Err(corrupt("bad header (another version or family)".into()));
+    }
+    let hex = |t: Option<&str>, n: usize| {
+        t.and_then(|t| u64::from_str_radix(t, 16).ok())
+            .ok_or_else(|| corrupt(format!("line {n}: bad number")))
+    };
+    let mut st = SyncState::default();
+    let mut cur: Option<(String, ServiceState)> = None;
+    let finish = |cur: &mut Option<(String, ServiceState)>, st: &mut SyncState| {
+        if let Some((k, s)) = cur.take() {
+            st.services.insert(k.into(), Arc::new(s));
         }
+    };
+    for (i, l) in lines.enumerate() {
+        let n = i + 2;
+        let mut t = l.split(' ');
+        match t.next() {
+            Some("k") => st.seed = [hex(t.next(), n)?, hex(t.next(), n)?],
+            Some("f") => st.fingerprint = hex(t.next(), n)?,
+            Some("s") => {
+                finish(&mut cur, &mut st);
+                let digest = hex(t.next(), n)?;
+                let endpoints = t
+                    .next()
+                    .and_then(|e| e.parse().ok())
+                    .ok_or_else(|| corrupt(format!("line {n}: bad endpoint count")))?;
+                let rest: Vec<&str> = t.collect();
+                let [key, spn, proto] = rest[..] else {
+                    return Err(corrupt(format!("line {n}: bad service line")));
+                };
+                if ![key, spn, proto].iter().all(|x| plain(x)) {
+                    return Err(corrupt(format!("line {n}: bad service line")));
+                }
+                let order = (spn != "-").then(|| (spn.to_string(), proto.to_string()));
+                cur = Some((
+                    key.to_string(),
+                    ServiceState {
+                        digest,
+                        endpoints,
+                        order,
+                        chains: Vec::new(),
+                        shared: None,
+                    },
+                ));
+            }
+            Some("c") => {
+                let c = t.next().unwrap_or("");
+                if !c.starts_with("KUBE-") || c.len() > 28 || !plain(c) || t.next().is_some() {
+                    return Err(corrupt(format!("line {n}: bad chain name")));
+                }
+                let Some((_, s)) = cur.as_mut() else {
+                    return Err(corrupt(format!("line {n}: chain before any service")));
+                };
+                s.chains.push(c.to_string());
+            }
+            _ => return Err(corrupt(format!("line {n}: unknown record"))),
+        }
+    }
+    finish(&mut cur, &mut st);
+    Ok(st)
+}
+
+/// The committed state, if any.
+pub fn load(dir: &Path, f: Family) -> Result<Option<SyncState>> {
+    let p = state_path(dir, f);
+    match fs::read_to_string(&p) {
+        Ok(t) => parse(&t, f, &p).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io {
+            op: "read",
+            path: p.display().to_string(),
+            source: e,
+        }),
     }
 }
 
@@ -119,13 +162,13 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Save a generated sync as pending (not yet applied).
-pub fn save_pending(dir: &Path, f: Family, st: &State) -> Result<()> {
+pub fn save_pending(dir: &Path, f: Family, st: &SyncState) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::Io {
         op: "create state dir",
         path: dir.display().to_string(),
         source: e,
     })?;
-    write_atomic(&pending_path(dir, f), &st.render(f))
+    write_atomic(&pending_path(dir, f), &render(st, f))
 }
 
 /// The pending sync was applied: it becomes the state.
@@ -148,37 +191,77 @@ pub fn invalidate(dir: &Path, f: Family) {
 mod tests {
     use super::*;
 
+    fn sample() -> SyncState {
+        let mut st = SyncState {
+            seed: [1, 0xfeed],
+            fingerprint: 0xabc,
+            ..Default::default()
+        };
+        st.services.insert(
+            Arc::from("ns/a"),
+            Arc::new(ServiceState {
+                digest: 0xdead_beef,
+                endpoints: 3,
+                order: Some(("ns/a:http".into(), "tcp".into())),
+                chains: vec!["KUBE-SVC-AAAAAAAAAAAAAAAA".into()],
+                shared: None,
+            }),
+        );
+        st.services.insert(
+            Arc::from("ns/orphan"),
+            Arc::new(ServiceState {
+                endpoints: 2,
+                ..Default::default()
+            }),
+        );
+        st
+    }
+
+    fn same(a: &SyncState, b: &SyncState) -> bool {
+        a.seed == b.seed
+            && a.fingerprint == b.fingerprint
+            && a.services.len() == b.services.len()
+            && a.services.iter().all(|(k, v)| b.services.get(k) == Some(v))
+    }
+
     #[test]
     fn round_trip_and_corruption() {
-        let mut st = State::default();
-        st.digests.insert("ns/a".into(), 0xdead_beef);
-        st.chains.insert("KUBE-SVC-AAAAAAAAAAAAAAAA".into());
+        let st = sample();
         let p = Path::new("/x");
-        let text = st.render(Family::V4);
-        assert_eq!(State::parse(&text, Family::V4, p).unwrap(), st);
-        assert!(
-            State::parse(&text, Family::V6, p).is_err(),
-            "family mismatch"
-        );
-        assert!(State::parse("garbage", Family::V4, p).is_err());
+        let text = render(&st, Family::V4);
+        assert!(same(&parse(&text, Family::V4, p).unwrap(), &st), "{text}");
+        assert!(parse(&text, Family::V6, p).is_err(), "family mismatch");
+        assert!(parse("garbage", Family::V4, p).is_err());
+        let v1 = text.replace("iptables-gen 2", "iptables-gen 1");
+        assert!(parse(&v1, Family::V4, p).is_err(), "older format");
         let bad = text.replace("KUBE-SVC-AAAAAAAAAAAAAAAA", "KUBE-SVC-A\"; rm -rf");
-        assert!(State::parse(&bad, Family::V4, p).is_err());
+        assert!(parse(&bad, Family::V4, p).is_err());
+        let bad = text.replace("ns/a ns/a:http", "ns/a\"x ns/a:http");
+        assert!(parse(&bad, Family::V4, p).is_err());
+        let orphan_chain = format!(
+            "{}c KUBE-SEP-X\n",
+            text.lines()
+                .take(3)
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+        );
+        assert!(parse(&orphan_chain, Family::V4, p).is_err());
     }
 
     #[test]
     fn pending_commit_invalidate() {
         let d = tempfile::tempdir().unwrap();
-        let st = State::default();
-        assert!(State::load(d.path(), Family::V4).unwrap().is_none());
+        let st = sample();
+        assert!(load(d.path(), Family::V4).unwrap().is_none());
         save_pending(d.path(), Family::V4, &st).unwrap();
         assert!(
-            State::load(d.path(), Family::V4).unwrap().is_none(),
+            load(d.path(), Family::V4).unwrap().is_none(),
             "pending is not state"
         );
         commit(d.path(), Family::V4).unwrap();
-        assert_eq!(State::load(d.path(), Family::V4).unwrap(), Some(st));
+        assert!(same(&load(d.path(), Family::V4).unwrap().unwrap(), &st));
         assert!(commit(d.path(), Family::V4).is_err(), "nothing pending");
         invalidate(d.path(), Family::V4);
-        assert!(State::load(d.path(), Family::V4).unwrap().is_none());
+        assert!(load(d.path(), Family::V4).unwrap().is_none());
     }
 }

@@ -99,10 +99,11 @@ fn run_vector(dir: &Path) {
                 ..Default::default()
             },
         );
-        plan.previous = before.digests;
+        let mut st = before.state;
         for c in &changed {
-            plan.previous.remove(c);
+            st.services.remove(c.as_str());
         }
+        plan.previous = Some(st);
     }
     let g = iptables_gen::generate(&cfg, &objs, &plan);
     let got = render::normalize(&g.text).unwrap();

@@ -14,7 +14,7 @@ use iptables_gen::model::{
 };
 use iptables_gen::{Config, LocalDetector, SyncPlan};
 
-fn objects(n: usize, eps: usize) -> Objects {
+fn objects(n: usize, eps: usize, versioned: bool) -> Objects {
     let mut o = Objects::default();
     for i in 0..n {
         let name = format!("svc-{i}");
@@ -22,6 +22,8 @@ fn objects(n: usize, eps: usize) -> Objects {
             metadata: Meta {
                 name: name.clone(),
                 namespace: "bench".into(),
+                // As in `kubectl get -o json` output.
+                resource_version: versioned.then(|| format!("{}", 1000 + 2 * i)),
                 ..Default::default()
             },
             ..Default::default()
@@ -46,6 +48,7 @@ fn objects(n: usize, eps: usize) -> Objects {
                 name: format!("{name}-1"),
                 namespace: "bench".into(),
                 labels,
+                resource_version: versioned.then(|| format!("{}", 1001 + 2 * i)),
             },
             address_type: "IPv4".into(),
             endpoints: Some(
@@ -87,6 +90,7 @@ fn peak_rss_mib() -> f64 {
 fn main() {
     let mut n = 1000usize;
     let mut apply = false;
+    let mut partial_runs = 5usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -97,8 +101,15 @@ fn main() {
                     .expect("--services N")
             }
             "--apply" => apply = true,
+            // More runs of the partial sync (for profiling it).
+            "--partial-runs" => {
+                partial_runs = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--partial-runs N")
+            }
             _ => {
-                eprintln!("usage: gen-bench --services N [--apply]");
+                eprintln!("usage: gen-bench --services N [--apply] [--partial-runs N]");
                 std::process::exit(2);
             }
         }
@@ -108,7 +119,7 @@ fn main() {
         local_detector: LocalDetector::ClusterCidr("10.128.0.0/9".parse().expect("cidr")),
         ..Config::default()
     };
-    let objs = objects(n, 10);
+    let objs = objects(n, 10, true);
     // Full sync: model + rules, 3 runs, best and median.
     let mut times = Vec::new();
     let mut g = None;
@@ -128,29 +139,50 @@ fn main() {
     let g = g.expect("generated");
     times.sort_by(f64::total_cmp);
     let lines = g.text.lines().count();
-    // Partial sync: one service's endpoints changed.
-    let mut changed = objs;
-    if let Some(ep) = changed.slices[n / 2]
-        .endpoints
-        .as_mut()
-        .and_then(|e| e.first_mut())
-    {
-        ep.addresses = vec!["10.255.255.1".into()];
-    }
-    let plan = SyncPlan {
-        full: false,
-        previous: g.digests.clone(),
-        existing_chains: g.active_chains.clone(),
+    // Partial sync: one service's endpoints changed (and its slice's resourceVersion,
+    // as the API server does on every write).
+    let change = |mut objs: Objects| {
+        let sl = &mut objs.slices[n / 2];
+        if let Some(ep) = sl.endpoints.as_mut().and_then(|e| e.first_mut()) {
+            ep.addresses = vec!["10.255.255.1".into()];
+        }
+        if sl.metadata.resource_version.is_some() {
+            sl.metadata.resource_version = Some("999999999".into());
+        }
+        objs
     };
-    let mut ptimes = Vec::new();
-    let mut written = 0;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        let p = iptables_gen::generate(&cfg, &changed, &plan);
-        ptimes.push(t0.elapsed().as_secs_f64() * 1e3);
-        written = p.written_services;
-    }
-    ptimes.sort_by(f64::total_cmp);
+    let time_partial = |prev: &iptables_gen::SyncState, objs: &Objects| {
+        let plan = SyncPlan {
+            full: false,
+            previous: Some(prev.clone()),
+            ..Default::default()
+        };
+        let mut ptimes = Vec::new();
+        let mut written = 0;
+        for _ in 0..partial_runs {
+            let t0 = Instant::now();
+            let p = iptables_gen::generate(&cfg, objs, &plan);
+            ptimes.push(t0.elapsed().as_secs_f64() * 1e3);
+            written = p.written_services;
+        }
+        ptimes.sort_by(f64::total_cmp);
+        (ptimes[ptimes.len() / 2], written)
+    };
+    let (partial_rv, written) = time_partial(&g.state, &change(objs));
+    // Hand-written input without resourceVersions: the digest hashes every endpoint.
+    let plain = objects(n, 10, false);
+    let full_plain = iptables_gen::generate(
+        &cfg,
+        &plain,
+        &SyncPlan {
+            full: true,
+            ..Default::default()
+        },
+    );
+    let (partial_content, written_content) = time_partial(&full_plain.state, &change(plain));
+    assert_eq!(written, 1);
+    assert_eq!(written_content, 1);
+    drop(full_plain);
     let peak = peak_rss_mib();
     let mut apply_ms = String::from("-");
     if apply {
@@ -186,7 +218,7 @@ fn main() {
         apply_ms = format!("{ms:.0}");
     }
     println!(
-        "| {n} x 10 | {lines} | {:.1} | {:.1} | {:.0} | {:.2} ({written} svc written) | {apply_ms} |",
-        times[0], times[1], peak, ptimes[2],
+        "| {n} x 10 | {lines} | {:.1} | {:.1} | {:.0} | {partial_rv:.2} | {partial_content:.2} | {apply_ms} |",
+        times[0], times[1], peak,
     );
 }
