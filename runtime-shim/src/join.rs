@@ -174,6 +174,16 @@ pub fn rewrite(config: &[u8], target: &Target, path: &Path) -> Result<Vec<u8>> {
         .or_insert_with(|| json!([]))
         .as_array_mut()
         .ok_or_else(|| bad("linux.namespaces: not an array".into()))?;
+    // runc refuses a config naming one namespace type twice; so do we, rather than
+    // pointing one entry at the sandbox and leaving the other to win.
+    let mut seen = std::collections::BTreeSet::new();
+    for n in nss.iter() {
+        if let Some(t) = n.get("type").and_then(Value::as_str) {
+            if !seen.insert(t.to_string()) {
+                return Err(bad(format!("linux.namespaces: type {t:?} appears twice")));
+            }
+        }
+    }
     let wanted = [
         ("network", Some(&target.net)),
         ("ipc", target.ipc.as_ref()),
@@ -315,6 +325,8 @@ mod tests {
             "{",
             r#"{"ociVersion": 3}"#,
             r#"{"ociVersion":"1.0.2","linux":{"namespaces":{"type":"network"}}}"#,
+            // Found by the fuzzer: a second entry of a type would have been left alone.
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"network"},{"type":"network","path":"/x"}]}}"#,
         ] {
             let e = rewrite(bad.as_bytes(), &target(), Path::new("/b/config.json"))
                 .unwrap_err()

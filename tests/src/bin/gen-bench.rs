@@ -91,6 +91,8 @@ fn main() {
     let mut n = 1000usize;
     let mut apply = false;
     let mut partial_runs = 5usize;
+    let mut restore = String::from("iptables-restore");
+    let mut resyncs = 0usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -101,6 +103,15 @@ fn main() {
                     .expect("--services N")
             }
             "--apply" => apply = true,
+            // The restore binary (iptables-legacy-restore, iptables-nft-restore).
+            "--restore" => restore = args.next().expect("--restore CMD"),
+            // After the apply: this many partial syncs, one changed service each, applied.
+            "--resyncs" => {
+                resyncs = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--resyncs N")
+            }
             // More runs of the partial sync (for profiling it).
             "--partial-runs" => {
                 partial_runs = args
@@ -109,7 +120,7 @@ fn main() {
                     .expect("--partial-runs N")
             }
             _ => {
-                eprintln!("usage: gen-bench --services N [--apply] [--partial-runs N]");
+                eprintln!("usage: gen-bench --services N [--apply [--restore CMD] [--resyncs K]] [--partial-runs N]");
                 std::process::exit(2);
             }
         }
@@ -196,26 +207,66 @@ fn main() {
         }
         let ns = netns::create(&name).expect("create bench namespace");
         let _guard = Remove(name.clone());
-        let t0 = Instant::now();
-        let r = netns::run_in(&ns, || {
-            let mut c = Command::new("iptables-restore")
-                .args(["-w", "5", "--noflush"])
-                .stdin(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("iptables-restore");
-            let _ = c.stdin.take().expect("stdin").write_all(g.text.as_bytes());
-            c.wait_with_output().expect("wait")
-        })
-        .expect("run_in");
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let run_restore = |text: &str| {
+            let t0 = Instant::now();
+            let r = netns::run_in(&ns, || {
+                let mut c = Command::new(&restore)
+                    .args(["-w", "5", "--noflush"])
+                    .stdin(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("iptables-restore");
+                let _ = c.stdin.take().expect("stdin").write_all(text.as_bytes());
+                c.wait_with_output().expect("wait")
+            })
+            .expect("run_in");
+            assert!(
+                r.status.success(),
+                "restore failed: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            t0.elapsed().as_secs_f64() * 1e3
+        };
+        apply_ms = format!("{:.0}", run_restore(&g.text));
+        if resyncs > 0 {
+            // Partial re-syncs of the applied rules: one service changed each time (its
+            // slice's endpoint and resourceVersion), generated from the last state, applied.
+            let mut cur = objects(n, 10, true);
+            let mut st = g.state.clone();
+            let (mut gen_ms, mut restore_ms) = (Vec::new(), Vec::new());
+            for k in 0..resyncs {
+                let i = (n / 3 + k * 997) % n;
+                let sl = &mut cur.slices[i];
+                if let Some(ep) = sl.endpoints.as_mut().and_then(|e| e.first_mut()) {
+                    ep.addresses = vec![format!("10.254.{}.{}", k / 250, 1 + k % 250)];
+                }
+                sl.metadata.resource_version = Some(format!("r{k}"));
+                let t0 = Instant::now();
+                let p = iptables_gen::generate(
+                    &cfg,
+                    &cur,
+                    &SyncPlan {
+                        full: false,
+                        previous: Some(st),
+                        ..Default::default()
+                    },
+                );
+                gen_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                assert_eq!(p.written_services, 1);
+                restore_ms.push(run_restore(&p.text));
+                st = p.state;
+            }
+            gen_ms.sort_by(f64::total_cmp);
+            restore_ms.sort_by(f64::total_cmp);
+            eprintln!(
+                "{n} services: {resyncs} partial re-syncs applied with {restore}, 0 failed; \
+                 generation median {:.2} ms, restore median {:.0} ms, max {:.0} ms",
+                gen_ms[gen_ms.len() / 2],
+                restore_ms[restore_ms.len() / 2],
+                restore_ms[restore_ms.len() - 1]
+            );
+        }
         drop(ns);
-        assert!(
-            r.status.success(),
-            "restore failed: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
-        apply_ms = format!("{ms:.0}");
     }
     println!(
         "| {n} x 10 | {lines} | {:.1} | {:.1} | {:.0} | {partial_rv:.2} | {partial_content:.2} | {apply_ms} |",
