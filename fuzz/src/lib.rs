@@ -370,26 +370,12 @@ pub fn iptables_gen(data: &[u8]) {
         .map(String::from)
         .into();
     }
-    let full = ipt::generate(
-        &cfg,
-        &objs,
-        &SyncPlan {
-            full: true,
-            ..Default::default()
-        },
-    );
+    let full = ipt::generate(&cfg, &objs, &SyncPlan::full());
     assert_restore_text(&full.text);
     ipt::render::normalize(&full.text).expect("output parses as restore text");
     ipt::render::check_jumps(&full.text).expect("every jump has a declared, non-empty chain");
 
-    let again = ipt::generate(
-        &cfg,
-        &objs,
-        &SyncPlan {
-            full: true,
-            ..Default::default()
-        },
-    );
+    let again = ipt::generate(&cfg, &objs, &SyncPlan::full());
     assert_eq!(again.text, full.text, "output is not deterministic");
 
     // A partial sync of the same input rewrites no service and deletes no chain.

@@ -55,6 +55,16 @@ pub struct SyncPlan {
     pub existing_chains: BTreeSet<String>,
 }
 
+impl SyncPlan {
+    /// Everything written, nothing known from before.
+    pub fn full() -> SyncPlan {
+        SyncPlan {
+            full: true,
+            ..Default::default()
+        }
+    }
+}
+
 /// The generated restore input and what a later partial sync needs to know.
 #[derive(Debug, Default)]
 pub struct Generated {

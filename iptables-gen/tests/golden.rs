@@ -91,14 +91,7 @@ fn run_vector(dir: &Path) {
     assert!(objs.rejected.is_empty(), "{:?}", objs.rejected);
     if !plan.full {
         // A partial sync: every service but the changed ones was applied before as is.
-        let before = iptables_gen::generate(
-            &cfg,
-            &objs,
-            &SyncPlan {
-                full: true,
-                ..Default::default()
-            },
-        );
+        let before = iptables_gen::generate(&cfg, &objs, &SyncPlan::full());
         let mut st = before.state;
         for c in &changed {
             st.services.remove(c.as_str());

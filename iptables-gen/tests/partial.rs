@@ -27,14 +27,7 @@ fn cfg() -> Config {
 }
 
 fn full(cfg: &Config, objs: &Objects) -> Generated {
-    iptables_gen::generate(
-        cfg,
-        objs,
-        &SyncPlan {
-            full: true,
-            ..Default::default()
-        },
-    )
+    iptables_gen::generate(cfg, objs, &SyncPlan::full())
 }
 
 fn partial(cfg: &Config, objs: &Objects, prev: &SyncState) -> Generated {

@@ -120,7 +120,9 @@ fn main() {
                     .expect("--partial-runs N")
             }
             _ => {
-                eprintln!("usage: gen-bench --services N [--apply [--restore CMD] [--resyncs K]] [--partial-runs N]");
+                eprintln!(
+                    "usage: gen-bench --services N [--apply [--restore CMD] [--resyncs K]] [--partial-runs N]"
+                );
                 std::process::exit(2);
             }
         }
@@ -136,14 +138,7 @@ fn main() {
     let mut g = None;
     for _ in 0..3 {
         let t0 = Instant::now();
-        let out = iptables_gen::generate(
-            &cfg,
-            &objs,
-            &SyncPlan {
-                full: true,
-                ..Default::default()
-            },
-        );
+        let out = iptables_gen::generate(&cfg, &objs, &SyncPlan::full());
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         g = Some(out);
     }
@@ -182,14 +177,7 @@ fn main() {
     let (partial_rv, written) = time_partial(&g.state, &change(objs));
     // Hand-written input without resourceVersions: the digest hashes every endpoint.
     let plain = objects(n, 10, false);
-    let full_plain = iptables_gen::generate(
-        &cfg,
-        &plain,
-        &SyncPlan {
-            full: true,
-            ..Default::default()
-        },
-    );
+    let full_plain = iptables_gen::generate(&cfg, &plain, &SyncPlan::full());
     let (partial_content, written_content) = time_partial(&full_plain.state, &change(plain));
     assert_eq!(written, 1);
     assert_eq!(written_content, 1);
