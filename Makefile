@@ -11,7 +11,7 @@ PAUSE_REF ?= localhost/podwire/pause:$(VERSION)
 DEB_PKGS := iproute2 iptables runc busybox-static catatonit containernetworking-plugins \
 	podman netavark containerd protobuf-compiler util-linux procps psmisc file binutils tar gzip hyperfine
 
-.PHONY: all build pause pause-image test unit-test privileged-test demo bench lint fmt deps install clean fuzz-smoke fuzz-tools
+.PHONY: all build pause pause-image test unit-test privileged-test demo bench stress lint fmt deps install clean fuzz-smoke fuzz-tools
 
 all: build
 
@@ -74,6 +74,14 @@ fuzz-smoke: fuzz-tools
 	  fi; \
 	  echo "fuzz-smoke: $$t ok, $$(grep -a '^stat::number_of_executed_units' fuzz/logs/$$t.log | grep -o '[0-9]*') runs in $(FUZZ_SECONDS)s, $$(grep -ao 'cov: [0-9]*' fuzz/logs/$$t.log | tail -n1)"; \
 	done
+
+## stress: iptables-gen at 50k services x 10 endpoints, applied in a throwaway namespace and
+##         partially re-synced 20 times (root; ~6 min; iptables-legacy: the nf_tables
+##         backend takes hours at this size here, see BENCHMARKS.md)
+STRESS_RESTORE ?= iptables-legacy-restore
+stress: deps
+	$(CARGO) build --release -p podwire-tests --bin gen-bench
+	target/release/gen-bench --services 50000 --apply --restore $(STRESS_RESTORE) --resyncs 20
 
 ## lint: formatting and clippy, warnings are errors (pause's binary is linted on its own)
 lint:
