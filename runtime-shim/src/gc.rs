@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::Path;
 
 use crate::config::Network;
 use crate::ipam::Store;
@@ -74,16 +75,21 @@ fn is_podwire_veth(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Does a reservation of (id, ifname) belong to a valid attachment? A valid entry with
+/// an empty ifname keeps every interface of that id; a host-local record without an
+/// ifname matches on the id alone.
+fn is_valid(valid: &BTreeSet<(String, String)>, id: &str, ifname: &str) -> bool {
+    valid.contains(&(id.to_string(), ifname.to_string()))
+        || valid.contains(&(id.to_string(), String::new()))
+        || (ifname.is_empty() && valid.iter().any(|(i, _)| i == id))
+}
+
 /// Remove what no valid attachment owns. Errors on single items are reported on stderr
 /// and skipped; the first one is returned after the pass.
 pub fn gc(net: &Network, valid: &BTreeSet<(String, String)>) -> Result<GcReport> {
     let mut report = GcReport::default();
     let mut first_err: Option<Error> = None;
-    let is_valid = |id: &str, ifname: &str| {
-        valid.contains(&(id.to_string(), ifname.to_string()))
-            // host-local records without an ifname match on the id alone
-            || (ifname.is_empty() && valid.iter().any(|(i, _)| i == id))
-    };
+    let is_valid = |id: &str, ifname: &str| is_valid(valid, id, ifname);
 
     let store = Store::open(&net.data_dir, &net.name)?;
     let records = store.records()?;
@@ -134,9 +140,66 @@ pub fn gc(net: &Network, valid: &BTreeSet<(String, String)>) -> Result<GcReport>
     }
 }
 
+/// GC with the OCI hook's records in `state_dir` too: a sandbox still running in its
+/// pinned namespace is valid; a dead one loses its pin and record after its addresses and
+/// veth went. A torn record whose pin still exists may belong to a live sandbox: it is
+/// reported and kept, and so is everything its id holds.
+pub fn gc_with_hooks(
+    net: &Network,
+    valid: &BTreeSet<(String, String)>,
+    state_dir: &Path,
+) -> Result<GcReport> {
+    let mut valid = valid.clone();
+    let mut dead = Vec::new();
+    for sb in crate::hook::sandboxes(state_dir)? {
+        match sb.record {
+            Some(r) if sb.live => {
+                valid.insert((r.id, r.ifname));
+            }
+            Some(_) => dead.push(sb.id),
+            None if crate::hook::pinned(&sb.id) => {
+                eprintln!(
+                    "runtime-shim: GC: keeping sandbox {}: its record is torn but its \
+                     namespace is still pinned",
+                    sb.id
+                );
+                valid.insert((sb.id, String::new()));
+            }
+            None => dead.push(sb.id),
+        }
+    }
+    let mut report = gc(net, &valid)?;
+    for id in dead {
+        crate::hook::forget(state_dir, &id)?;
+        report.sandboxes.push(id);
+    }
+    report.debris.extend(
+        crate::hook::remove_stale_tmp(state_dir)
+            .iter()
+            .map(|p| p.display().to_string()),
+    );
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validity() {
+        let v: BTreeSet<(String, String)> = [("a", "eth0"), ("t", "")]
+            .iter()
+            .map(|(i, f)| (i.to_string(), f.to_string()))
+            .collect();
+        assert!(is_valid(&v, "a", "eth0"));
+        assert!(!is_valid(&v, "a", "eth1"));
+        assert!(is_valid(&v, "a", ""), "host-local record without ifname");
+        assert!(
+            is_valid(&v, "t", "eth0") && is_valid(&v, "t", "net1"),
+            "whole id kept"
+        );
+        assert!(!is_valid(&v, "b", "eth0"));
+    }
 
     #[test]
     fn podwire_veth_names() {

@@ -210,6 +210,11 @@ pub fn sandboxes(state_dir: &Path) -> Result<Vec<Sandbox>> {
     Ok(out)
 }
 
+/// Whether sandbox `id`'s namespace is pinned.
+pub fn pinned(id: &str) -> bool {
+    rec_path_of(&pin_name(id)).exists()
+}
+
 /// Forget a dead sandbox: unpin its namespace and remove its record. Its addresses and
 /// veth are the network GC's (they are no longer valid attachments).
 pub fn forget(state_dir: &Path, id: &str) -> Result<()> {

@@ -248,29 +248,10 @@ fn run(cmd: Cmd) -> Result<()> {
                 })?;
                 set.insert((id.to_string(), ifname.to_string()));
             }
-            let mut dead = Vec::new();
-            if let Some(dir) = &state_dir {
-                for sb in runtime_shim::hook::sandboxes(dir)? {
-                    match sb.record {
-                        Some(r) if sb.live => {
-                            set.insert((r.id, r.ifname));
-                        }
-                        _ => dead.push(sb.id),
-                    }
-                }
-            }
-            let mut report = runtime_shim::gc::gc(&net, &set)?;
-            if let Some(dir) = &state_dir {
-                for id in dead {
-                    runtime_shim::hook::forget(dir, &id)?;
-                    report.sandboxes.push(id);
-                }
-                report.debris.extend(
-                    runtime_shim::hook::remove_stale_tmp(dir)
-                        .iter()
-                        .map(|p| p.display().to_string()),
-                );
-            }
+            let report = match &state_dir {
+                Some(dir) => runtime_shim::gc::gc_with_hooks(&net, &set, dir)?,
+                None => runtime_shim::gc::gc(&net, &set)?,
+            };
             println!("{report}");
         }
     }

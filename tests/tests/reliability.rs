@@ -408,6 +408,8 @@ fn sigkill_during_the_oci_hook_leaves_nothing_poststop_or_gc_cannot_clear() {
             assert!(!pinned(id), "{id}: poststop left its pin");
         }
     }
+    // And the live sandbox's record torn: its pin says it may still run, so GC keeps it.
+    std::fs::write(state.join(format!("{warm}.json")), "{\"id\":").unwrap();
     let o = n.cmd(&["gc", "--state-dir", state_s]).output().unwrap();
     assert!(
         o.status.success(),
@@ -428,6 +430,11 @@ fn sigkill_during_the_oci_hook_leaves_nothing_poststop_or_gc_cannot_clear() {
     records.sort();
     assert_eq!(records, vec![format!("{warm}.json")], "GC: {report}");
     assert!(pinned(&warm), "GC removed a live sandbox's pin");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("its record is torn"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(
         n.records().len(),
         1,
@@ -439,7 +446,7 @@ fn sigkill_during_the_oci_hook_leaves_nothing_poststop_or_gc_cannot_clear() {
         "only warm's veth remains: {report}"
     );
 
-    // The live one still tears down cleanly.
+    // The live one still tears down cleanly, torn record and all.
     let stopped = serde_json::json!({"ociVersion": "1.0.2", "id": warm, "status": "stopped"});
     let o = hook("poststop", stopped.to_string())
         .wait_with_output()
