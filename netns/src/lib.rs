@@ -154,7 +154,12 @@ impl NetNs {
     /// are distinct errors.
     pub fn open(path: impl AsRef<Path>) -> Result<NetNs> {
         let path = path.as_ref();
-        let file = match File::open(path) {
+        // O_NONBLOCK: a FIFO planted where a namespace should be must not block the open.
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .open(path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Error::NotFound { path: path.into() });

@@ -4,7 +4,6 @@
 //! The node is the calling thread's network namespace; the pod is entered on a dedicated
 //! thread (`netns::run_in`), with its own netlink socket.
 
-use std::fs;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -12,21 +11,82 @@ use ipnet::IpNet;
 use netns::NetNs;
 
 use crate::config::Network;
-use crate::ipam::Store;
-use crate::link::{Link, Netlink, mac_string};
+use crate::ipam::{AttachmentLock, Store};
+use crate::kernel::{Kernel, Real, VethSpec, forwarding_sysctl};
+use crate::link::{Link, mac_string};
 use crate::plan::{Plan, plan};
 use crate::result::{self, CniResult};
 use crate::{Error, Result, masq, validate_container_id, validate_ifname};
 
-/// Test hook: make setup fail right after the named step (fault injection, e.g.
-/// `PODWIRE_FAIL_AFTER=create veth`). Never set in production.
-const FAIL_AFTER_ENV: &str = "PODWIRE_FAIL_AFTER";
+/// The steps of a setup, in order. Each one that changes something pushes its undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    ReserveAddresses,
+    EnsureBridge,
+    EnableForwarding,
+    CreateVeth,
+    BringUpHostVeth,
+    ConfigurePod,
+    Masquerade,
+}
+
+impl Step {
+    pub const ALL: [Step; 7] = [
+        Step::ReserveAddresses,
+        Step::EnsureBridge,
+        Step::EnableForwarding,
+        Step::CreateVeth,
+        Step::BringUpHostVeth,
+        Step::ConfigurePod,
+        Step::Masquerade,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::ReserveAddresses => "reserve addresses",
+            Step::EnsureBridge => "ensure bridge",
+            Step::EnableForwarding => "enable forwarding",
+            Step::CreateVeth => "create veth",
+            Step::BringUpHostVeth => "bring up host veth",
+            Step::ConfigurePod => "configure pod interface",
+            Step::Masquerade => "masquerade",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The marker (ifalias) on a host veth: which network made it. GC and teardown touch
+/// no link without it.
+pub fn host_marker(network: &str) -> String {
+    format!("podwire/{network}")
+}
+
+/// The marker on the pod end: the network and the host end it was created with.
+pub fn pod_marker(network: &str, host_veth: &str) -> String {
+    format!("podwire/{network}/{host_veth}")
+}
+
+/// Is `l` a host veth this network made?
+pub fn is_ours(l: &Link, network: &str) -> bool {
+    l.kind.as_deref() == Some("veth") && l.alias.as_deref() == Some(host_marker(network).as_str())
+}
 
 /// What a setup has done so far, newest last.
 enum Undo {
     Release(Vec<IpAddr>),
-    DeleteLink(String),
-    DeleteBridgeIfUnused(String),
+    DeleteLink(u32),
+    DeleteBridgeIfUnused(u32),
+    /// A gateway address this call put on a bridge that already existed.
+    BridgeAddress(u32, IpNet),
+    /// This call set an existing bridge up.
+    BridgeDown(u32),
+    /// A sysctl and the value it had before this call.
+    Sysctl(&'static str, String),
     Unmasq(IpNet),
 }
 
@@ -37,38 +97,52 @@ struct Txn<'a> {
     undo: Vec<Undo>,
 }
 
+/// Does any port hang off bridge `index`?
+fn has_ports(k: &mut dyn Kernel, index: u32) -> Result<bool> {
+    Ok(k.links()?.iter().any(|l| l.controller == Some(index)))
+}
+
 impl Txn<'_> {
     /// Run a step; on failure, unwind everything and say which step failed.
     fn step<T>(
         &mut self,
-        nl: &mut Netlink,
-        name: &str,
-        f: impl FnOnce(&mut Netlink, &mut Vec<Undo>) -> Result<T>,
+        k: &mut dyn Kernel,
+        step: Step,
+        f: impl FnOnce(&mut dyn Kernel, &mut Vec<Undo>) -> Result<T>,
     ) -> Result<T> {
-        let r = f(nl, &mut self.undo).and_then(|v| {
-            if std::env::var(FAIL_AFTER_ENV).is_ok_and(|s| s == name) {
-                Err(Error::Check(format!("fault injected after step '{name}'")))
-            } else {
-                Ok(v)
-            }
-        });
-        r.map_err(|e| {
-            self.rollback(nl);
+        f(k, &mut self.undo).map_err(|e| {
+            self.rollback(k);
             Error::Step {
-                step: name.to_string(),
+                step,
                 source: Box::new(e),
             }
         })
     }
 
-    fn rollback(&mut self, nl: &mut Netlink) {
+    fn rollback(&mut self, k: &mut dyn Kernel) {
         while let Some(u) = self.undo.pop() {
             let r = match &u {
                 Undo::Release(ips) => Store::open(&self.net.data_dir, &self.net.name)
                     .map(|s| s.release_ips(ips, self.id, self.ifname)),
-                Undo::DeleteLink(name) => nl.delete_link(name).map(|_| ()),
-                Undo::DeleteBridgeIfUnused(name) => delete_bridge_if_unused(nl, name),
-                Undo::Unmasq(subnet) => masq::remove(&self.net.name, subnet).map(|_| ()),
+                Undo::DeleteLink(index) => k.delete_link(*index).map(|_| ()),
+                Undo::DeleteBridgeIfUnused(index) => match has_ports(k, *index) {
+                    Ok(false) => k.delete_link(*index).map(|_| ()),
+                    other => other.map(|_| ()),
+                },
+                // Shared node state is given back only while no other pod relies on it.
+                Undo::BridgeAddress(index, a) => match has_ports(k, *index) {
+                    Ok(false) => k.del_address(*index, *a).map(|_| ()),
+                    other => other.map(|_| ()),
+                },
+                Undo::BridgeDown(index) => match has_ports(k, *index) {
+                    Ok(false) => k.set_down(*index),
+                    other => other.map(|_| ()),
+                },
+                Undo::Sysctl(path, old) => match any_podwire_veth(k) {
+                    Ok(false) => k.write_sysctl(path, old),
+                    other => other.map(|_| ()),
+                },
+                Undo::Unmasq(subnet) => k.masq_remove(&self.net.name, subnet).map(|_| ()),
             };
             if let Err(e) = r {
                 eprintln!("runtime-shim: undo failed (continuing): {e}");
@@ -77,74 +151,56 @@ impl Txn<'_> {
     }
 }
 
-fn delete_bridge_if_unused(nl: &mut Netlink, name: &str) -> Result<()> {
-    let Some(br) = nl.link_by_name(name)? else {
-        return Ok(());
-    };
-    if !nl.links()?.iter().any(|l| l.controller == Some(br.index)) {
-        nl.delete_link(name)?;
-    }
-    Ok(())
+/// Does any pod of any podwire network still hang off this node?
+fn any_podwire_veth(k: &mut dyn Kernel) -> Result<bool> {
+    Ok(k
+        .links()?
+        .iter()
+        .any(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("podwire/"))))
 }
 
-fn write_sysctl(path: &str, value: &str) -> Result<()> {
-    // Read first: a write costs more and needs privilege even when nothing changes.
-    if fs::read_to_string(path).is_ok_and(|v| v.trim() == value) {
-        return Ok(());
-    }
-    fs::write(path, value).map_err(|e| Error::io("write sysctl", path, e))
-}
-
-/// Make sure the bridge exists, is up and carries the gateway addresses.
-/// Returns the bridge and whether this call created it.
-fn ensure_bridge(nl: &mut Netlink, p: &Plan) -> Result<(Link, bool)> {
-    let mut created = false;
-    let br = match nl.link_by_name(&p.bridge)? {
+/// Make sure the bridge exists, is up and carries the gateway addresses, pushing an undo
+/// for each change. The caller has checked that an existing link of that name is a bridge.
+fn ensure_bridge(k: &mut dyn Kernel, p: &Plan, undo: &mut Vec<Undo>) -> Result<Link> {
+    let br = match k.link(&p.bridge)? {
         Some(l) => l,
         None => {
-            created = nl.create_bridge(&p.bridge, p.mtu, p.bridge_mac)?;
-            nl.link_by_name(&p.bridge)?.ok_or_else(|| Error::Netlink {
+            let created = k.create_bridge(&p.bridge, p.mtu, p.bridge_mac)?;
+            let br = k.link(&p.bridge)?.ok_or_else(|| Error::Netlink {
                 op: format!("bridge {} vanished right after creation", p.bridge),
                 source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
-            })?
+            })?;
+            if created {
+                undo.push(Undo::DeleteBridgeIfUnused(br.index));
+            }
+            check_is_bridge(&br, &p.bridge)?;
+            br
         }
     };
     for a in &p.bridge_addrs {
-        nl.add_address(br.index, *a)?;
-    }
-    if !br.up {
-        nl.set_link(br.index, true, None)?;
-    }
-    Ok((br, created))
-}
-
-/// Inside the pod: lo up, addresses on the pod interface, routes. Returns its link.
-fn configure_pod(p: &Plan) -> Result<Link> {
-    let mut nl = Netlink::open()?;
-    if let Some(lo) = nl.link_by_name("lo")? {
-        if !lo.up {
-            nl.set_link(lo.index, true, None)?;
+        if k.add_address(br.index, *a)? {
+            undo.push(Undo::BridgeAddress(br.index, *a));
         }
     }
-    let eth = nl.link_by_name(&p.ifname)?.ok_or_else(|| Error::Netlink {
-        op: format!("find {} in the pod", p.ifname),
-        source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
-    })?;
-    // An IPv4-only pod gets no IPv6 link-local address (as Docker does): its DAD and MLD
-    // multicast would be flooded to every pod on the bridge, O(pods) work per new pod.
-    if !eth.up && !p.pod_addrs.iter().any(|a| a.addr().is_ipv6()) {
-        nl.disable_ipv6_addrgen(eth.index)?;
+    if !br.up {
+        k.set_up(br.index)?;
+        undo.push(Undo::BridgeDown(br.index));
     }
-    for a in &p.pod_addrs {
-        nl.add_address(eth.index, *a)?;
+    Ok(br)
+}
+
+fn check_is_bridge(l: &Link, name: &str) -> Result<()> {
+    if l.kind.as_deref() == Some("bridge") {
+        return Ok(());
     }
-    if !eth.up {
-        nl.set_link(eth.index, true, None)?;
-    }
-    for r in &p.pod_routes {
-        nl.add_route(r.dst, r.gw, eth.index)?;
-    }
-    Ok(eth)
+    Err(Error::config(
+        "bridge",
+        format!(
+            "{name} exists and is a {} link, not a bridge; refusing to put pods or a \
+             gateway address on it",
+            l.kind.as_deref().unwrap_or("plain")
+        ),
+    ))
 }
 
 fn validate_request(id: &str, ifname: &str) -> Result<()> {
@@ -152,19 +208,63 @@ fn validate_request(id: &str, ifname: &str) -> Result<()> {
     validate_ifname("ifname", ifname)
 }
 
+/// Open a pod's namespace, refusing the one this process runs in: a "pod" interface
+/// there would land on the node itself.
+pub fn open_pod_netns(path: &Path) -> Result<NetNs> {
+    let pod = NetNs::open(path)?;
+    refuse_own(&pod, path)?;
+    Ok(pod)
+}
+
+fn refuse_own(pod: &NetNs, path: &Path) -> Result<()> {
+    if *pod == NetNs::current()? {
+        return Err(Error::Invalid {
+            what: "netns",
+            value: path.display().to_string(),
+            reason: "is the network namespace runtime-shim itself runs in (the node's); a \
+                     pod needs a namespace of its own"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Wire the pod namespace at `netns_path` to the network's bridge in the caller's
-/// namespace. On error, nothing this call created is left behind.
+/// namespace. On error, nothing this call changed is left behind. Calls for one
+/// (network, container id, ifname) are serialised.
 pub fn setup(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result<CniResult> {
     validate_request(id, ifname)?;
-    let pod = NetNs::open(netns_path)?;
-    let mut nl = Netlink::open()?;
+    let pod = open_pod_netns(netns_path)?;
+    let lock = AttachmentLock::acquire(net, id, ifname)?;
+    let mut k = Real::open()?;
+    let r = setup_with(&mut k, net, &pod, netns_path, id, ifname);
+    if r.is_err() {
+        lock.remove();
+    }
+    r
+}
+
+/// [`setup`] over any kernel, for a pod namespace already opened and checked.
+pub fn setup_with(
+    k: &mut dyn Kernel,
+    net: &Network,
+    pod: &NetNs,
+    netns_path: &Path,
+    id: &str,
+    ifname: &str,
+) -> Result<CniResult> {
+    validate_request(id, ifname)?;
     let host = crate::plan::host_veth_name(id, ifname);
-    if nl.link_by_name(&host)?.is_some() {
+    if k.link(&host)?.is_some() {
         return Err(Error::AlreadySetUp {
             id: id.into(),
             ifname: ifname.into(),
             veth: host,
         });
+    }
+    // A link named like the bridge must be one: never a gateway address on eth0 or lo.
+    if let Some(l) = k.link(&net.bridge)? {
+        check_is_bridge(&l, &net.bridge)?;
     }
     let mut t = Txn {
         net,
@@ -172,7 +272,7 @@ pub fn setup(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
         ifname,
         undo: Vec::new(),
     };
-    let allocs = t.step(&mut nl, "reserve addresses", |_, undo| {
+    let allocs = t.step(k, Step::ReserveAddresses, |_, undo| {
         // The lock is held only while allocating.
         let store = Store::open(&net.data_dir, &net.name)?;
         let a = store.allocate(net, id, ifname)?;
@@ -180,50 +280,56 @@ pub fn setup(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
         Ok(a)
     })?;
     let p = plan(net, id, ifname, &allocs);
-    let br = t.step(&mut nl, "ensure bridge", |nl, undo| {
-        let (br, created) = ensure_bridge(nl, &p)?;
-        if created {
-            undo.push(Undo::DeleteBridgeIfUnused(p.bridge.clone()));
-        }
-        Ok(br)
-    })?;
-    t.step(&mut nl, "enable forwarding", |_, _| {
-        if p.forward_v4 {
-            write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-        }
-        if p.forward_v6 {
-            write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+    let br = t.step(k, Step::EnsureBridge, |k, undo| ensure_bridge(k, &p, undo))?;
+    t.step(k, Step::EnableForwarding, |k, undo| {
+        for (on, v4) in [(p.forward_v4, true), (p.forward_v6, false)] {
+            let path = forwarding_sysctl(v4);
+            if !on {
+                continue;
+            }
+            // Read first: a write costs more and needs privilege even when nothing changes.
+            let old = k.read_sysctl(path)?;
+            if old != "1" {
+                k.write_sysctl(path, "1")?;
+                undo.push(Undo::Sysctl(path, old));
+            }
         }
         Ok(())
     })?;
-    let host_link = t.step(&mut nl, "create veth", |nl, undo| {
-        let host = nl.create_veth(&p.host_veth, &p.ifname, &pod, p.mtu, br.index)?;
-        undo.push(Undo::DeleteLink(p.host_veth.clone()));
+    let host_link = t.step(k, Step::CreateVeth, |k, undo| {
+        let v = VethSpec {
+            host: p.host_veth.clone(),
+            host_alias: host_marker(&net.name),
+            peer: p.ifname.clone(),
+            peer_alias: pod_marker(&net.name, &p.host_veth),
+            mtu: p.mtu,
+            controller: br.index,
+        };
+        let host = k.create_veth(&v, pod)?;
+        undo.push(Undo::DeleteLink(host.index));
         Ok(host)
     })?;
-    t.step(&mut nl, "bring up host veth", |nl, _| {
-        nl.bring_up_port(host_link.index, p.hairpin)
+    t.step(k, Step::BringUpHostVeth, |k, _| {
+        k.bring_up_port(host_link.index, p.hairpin)
     })?;
-    let pod_link = t.step(&mut nl, "configure pod interface", |_, _| {
-        netns::run_in(&pod, || configure_pod(&p))?
-    })?;
+    let pod_link = t.step(k, Step::ConfigurePod, |k, _| k.configure_pod(pod, &p))?;
     if !p.masq.is_empty() {
         let marker = masq::marker(&p.masq);
         if br.alias.as_deref() != Some(marker.as_str()) {
-            t.step(&mut nl, "masquerade", |nl, undo| {
+            t.step(k, Step::Masquerade, |k, undo| {
                 // Check-then-add must not race with a concurrent first pod: hold the
                 // network's lock and look at the marker again under it.
                 let _lock = Store::open(&net.data_dir, &net.name)?;
-                let now = nl.link_by_name(&p.bridge)?.and_then(|l| l.alias);
+                let now = k.link(&p.bridge)?.and_then(|l| l.alias);
                 if now.as_deref() == Some(marker.as_str()) {
                     return Ok(());
                 }
                 for s in &p.masq {
-                    if masq::ensure(&net.name, s)? {
+                    if k.masq_ensure(&net.name, s)? {
                         undo.push(Undo::Unmasq(*s));
                     }
                 }
-                nl.set_link(br.index, false, Some(&marker))
+                k.set_alias(br.index, &marker)
             })?;
         }
     }
@@ -276,11 +382,45 @@ pub fn setup(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
     })
 }
 
-/// Undo a setup, knowing only the container id: delete the host veth (its pod end goes
-/// with it) and release the addresses. Succeeds when things are already gone, the
-/// namespace included; never touches the bridge or the masquerade rule.
+/// Undo a setup, knowing only the container id: delete the host veth this network made
+/// for (id, ifname) (its pod end goes with it) and release the addresses. Succeeds when
+/// things are already gone, the namespace included; never touches the bridge, the
+/// masquerade rule, or any link without podwire's marker for this attachment.
 pub fn teardown(net: &Network, netns_path: Option<&Path>, id: &str, ifname: &str) -> Result<()> {
     validate_request(id, ifname)?;
+    let pod = match netns_path.filter(|p| !p.as_os_str().is_empty()) {
+        None => None,
+        Some(path) => match NetNs::open(path) {
+            Ok(ns) => {
+                refuse_own(&ns, path)?;
+                Some(ns)
+            }
+            // Gone (poststop), a stale pin, or not a namespace: teardown works by id.
+            Err(e) => {
+                if !matches!(e, netns::Error::NotFound { .. }) {
+                    eprintln!("runtime-shim: teardown: ignoring netns {}: {e}", path.display());
+                }
+                None
+            }
+        },
+    };
+    let lock = AttachmentLock::acquire(net, id, ifname)?;
+    let mut k = Real::open()?;
+    let r = teardown_with(&mut k, net, pod.as_ref(), id, ifname);
+    if r.is_ok() {
+        lock.remove();
+    }
+    r
+}
+
+/// [`teardown`] over any kernel.
+pub fn teardown_with(
+    k: &mut dyn Kernel,
+    net: &Network,
+    pod: Option<&NetNs>,
+    id: &str,
+    ifname: &str,
+) -> Result<()> {
     let mut first_err: Option<Error> = None;
     let mut keep = |r: Result<()>| {
         if let Err(e) = r {
@@ -289,20 +429,26 @@ pub fn teardown(net: &Network, netns_path: Option<&Path>, id: &str, ifname: &str
         }
     };
     let host = crate::plan::host_veth_name(id, ifname);
-    let deleted = Netlink::open().and_then(|mut nl| nl.delete_link(&host));
-    // Host end already gone (or never ours): remove a leftover pod interface, if the
-    // namespace still exists.
+    let deleted = match k.link(&host) {
+        Ok(Some(l)) if is_ours(&l, &net.name) => k.delete_link(l.index),
+        Ok(Some(l)) => {
+            eprintln!(
+                "runtime-shim: teardown: leaving link {} alone: it is not a veth of network {}",
+                l.name, net.name
+            );
+            Ok(false)
+        }
+        Ok(None) => Ok(false),
+        Err(e) => Err(e),
+    };
+    // Host end already gone: a pod end can only be left if it was made apart from its
+    // peer; delete it only if it carries this attachment's marker.
     if matches!(deleted, Ok(false)) {
-        if let Some(path) = netns_path.filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(pod) = NetNs::open(path) {
-                keep(
-                    netns::run_in(&pod, || {
-                        Netlink::open().and_then(|mut nl| nl.delete_link(ifname).map(|_| ()))
-                    })
-                    .map_err(Error::from)
-                    .and_then(|r| r),
-                );
-            }
+        if let Some(pod) = pod {
+            keep(
+                k.delete_pod_link(pod, ifname, &pod_marker(&net.name, &host))
+                    .map(|_| ()),
+            );
         }
     }
     keep(deleted.map(|_| ()));
@@ -320,7 +466,7 @@ pub fn teardown(net: &Network, netns_path: Option<&Path>, id: &str, ifname: &str
 /// Verify that the pod's interface, addresses and routes are what setup made.
 pub fn check(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result<()> {
     validate_request(id, ifname)?;
-    let pod = NetNs::open(netns_path)?;
+    let pod = open_pod_netns(netns_path)?;
     let store = Store::open(&net.data_dir, &net.name)?;
     let ips = store.get_by_id(id, ifname)?;
     drop(store);
@@ -345,7 +491,7 @@ pub fn check(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
         })
         .collect();
     let p = plan(net, id, ifname, &allocs);
-    let mut nl = Netlink::open()?;
+    let mut nl = crate::link::Netlink::open()?;
     let br = nl
         .link_by_name(&p.bridge)?
         .ok_or_else(|| Error::Check(format!("bridge {} is missing", p.bridge)))?;
@@ -362,7 +508,7 @@ pub fn check(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
         return Err(Error::Check(format!("host veth {} is down", p.host_veth)));
     }
     netns::run_in(&pod, || -> Result<()> {
-        let mut nl = Netlink::open()?;
+        let mut nl = crate::link::Netlink::open()?;
         let eth = nl
             .link_by_name(ifname)?
             .ok_or_else(|| Error::Check(format!("{ifname} is missing in the pod")))?;

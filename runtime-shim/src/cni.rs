@@ -555,7 +555,7 @@ mod tests {
     #[test]
     fn error_json_shape() {
         let e = Error::Step {
-            step: "create veth".into(),
+            step: crate::apply::Step::CreateVeth,
             source: Box::new(Error::Exhausted {
                 network: "n".into(),
                 range: "10.0.0.0/30".into(),

@@ -332,6 +332,26 @@ pub fn next_ip(ip: IpAddr) -> Option<IpAddr> {
     offset(ip, 1)
 }
 
+/// Why a subnet can never hold pods: the whole address space (a pod route or a masquerade
+/// rule for it would cover everything), loopback or multicast.
+fn unusable_subnet(subnet: &IpNet) -> Option<&'static str> {
+    let inside = |cidr: &str| {
+        cidr.parse::<IpNet>()
+            .is_ok_and(|c| c.contains(&subnet.network()) || subnet.contains(&c.network()))
+    };
+    if subnet.prefix_len() == 0 {
+        Some("is the whole address space")
+    } else if inside("127.0.0.0/8") || inside("::1/128") {
+        Some("overlaps the loopback range")
+    } else if inside("224.0.0.0/4") || inside("ff00::/8") {
+        Some("overlaps the multicast range")
+    } else if inside("0.0.0.0/8") || inside("::/128") {
+        Some("overlaps the unspecified (\"this network\") range")
+    } else {
+        None
+    }
+}
+
 fn validate_range(field: &str, rc: &RangeConf) -> Result<Range> {
     let subnet: IpNet = rc.subnet.parse().map_err(|_| {
         Error::config(
@@ -346,6 +366,12 @@ fn validate_range(field: &str, rc: &RangeConf) -> Result<Range> {
                 "{subnet} has host bits set (the network address is {})",
                 subnet.trunc()
             ),
+        ));
+    }
+    if let Some(why) = unusable_subnet(&subnet) {
+        return Err(Error::config(
+            format!("{field}.subnet"),
+            format!("{subnet} {why}"),
         ));
     }
     let host_bits = subnet.max_prefix_len() - subnet.prefix_len();
@@ -376,6 +402,12 @@ fn validate_range(field: &str, rc: &RangeConf) -> Result<Range> {
         Ok(ip)
     };
     let gateway = get("gateway", &rc.gateway, first)?;
+    if gateway == net_ip || (subnet.addr().is_ipv4() && gateway == subnet.broadcast()) {
+        return Err(Error::config(
+            format!("{field}.gateway"),
+            format!("{gateway} is the network or broadcast address of {subnet}"),
+        ));
+    }
     let start = get("rangeStart", &rc.range_start, first)?;
     let end = get("rangeEnd", &rc.range_end, last)?;
     if start > end {
@@ -508,6 +540,16 @@ mod tests {
             (ipam(r#"{"subnet":"nonsense"}"#), "ipam.ranges[0][0].subnet: invalid CIDR"),
             (ipam(r#"{"subnet":"10.0.0.1/24"}"#), "host bits set"),
             (ipam(r#"{"subnet":"10.0.0.0/31"}"#), "too small"),
+            (ipam(r#"{"subnet":"127.0.0.0/24"}"#), "ipam.ranges[0][0].subnet: 127.0.0.0/24 overlaps the loopback range"),
+            (ipam(r#"{"subnet":"127.5.0.0/16"}"#), "loopback"),
+            (ipam(r#"{"subnet":"224.1.0.0/24"}"#), "ipam.ranges[0][0].subnet: 224.1.0.0/24 overlaps the multicast range"),
+            (ipam(r#"{"subnet":"0.0.0.0/0"}"#), "ipam.ranges[0][0].subnet: 0.0.0.0/0 is the whole address space"),
+            (ipam(r#"{"subnet":"::/0"}"#), "whole address space"),
+            (ipam(r#"{"subnet":"ff02::/64"}"#), "multicast"),
+            (ipam(r#"{"subnet":"0.0.0.0/24"}"#), "unspecified"),
+            (ipam(r#"{"subnet":"10.0.0.0/24","gateway":"10.0.0.0"}"#), "ipam.ranges[0][0].gateway: 10.0.0.0 is the network or broadcast address"),
+            (ipam(r#"{"subnet":"10.0.0.0/24","gateway":"10.0.0.255"}"#), "ipam.ranges[0][0].gateway: 10.0.0.255"),
+            (ipam(r#"{"subnet":"fd00::/64","gateway":"fd00::"}"#), "network or broadcast"),
             (ipam(r#"{"subnet":"10.0.0.0/24","gateway":"10.0.1.1"}"#), "ipam.ranges[0][0].gateway: 10.0.1.1 is outside subnet"),
             (ipam(r#"{"subnet":"10.0.0.0/24","rangeStart":"10.0.0.9","rangeEnd":"10.0.0.5"}"#), "is after rangeEnd"),
             (ipam(r#"{"subnet":"10.0.0.0/24","rangeEnd":"10.0.0.255"}"#), "broadcast"),

@@ -1,11 +1,14 @@
 //! Garbage collection (CNI GC, and recovery after a crash): everything of a network that
 //! does not belong to a valid attachment goes. That is every IPAM reservation whose
-//! (container id, ifname) is not listed, and every podwire veth on the network's bridge
-//! that no listed or still-reserved attachment hashes to (a setup killed after creating
-//! the link but before returning, or a teardown killed half way).
+//! (container id, ifname) is not listed, and every host veth *of this network* (it carries
+//! the network's marker, set when it was created) that no listed or still-reserved
+//! attachment hashes to (a setup killed after creating the link but before returning, or
+//! a teardown killed half way). Another network's pods on a shared bridge are never
+//! touched.
 //!
-//! Like the spec's GC, this must not run concurrently with ADD on the same network: an
-//! attachment being added is not in the caller's list yet.
+//! An attachment whose ADD or DEL is in flight holds its attachment lock; GC only
+//! try-locks, and skips what is locked, so it never frees an address an ADD is about to
+//! return.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,7 +16,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::config::Network;
-use crate::ipam::Store;
+use crate::apply::is_ours;
+use crate::ipam::{AttachmentLock, Store};
 use crate::link::Netlink;
 use crate::plan::host_veth_name;
 use crate::{Error, Result};
@@ -96,10 +100,20 @@ pub fn gc(net: &Network, valid: &BTreeSet<(String, String)>) -> Result<GcReport>
     let (keep, stale): (Vec<_>, Vec<_>) = records
         .into_iter()
         .partition(|(_, id, ifname)| is_valid(id, ifname));
-    // Release under the lock, so an address is never both freed and handed out.
+    // Release under the lock, so an address is never both freed and handed out; skip
+    // an attachment whose ADD or DEL is in flight (it holds its attachment lock).
+    let mut busy = BTreeSet::new();
     for (ip, id, ifname) in stale {
-        store.release_ips(&[ip], &id, &ifname);
-        report.released.push((ip, id, ifname));
+        let veth = host_veth_name(&id, &ifname);
+        match AttachmentLock::lock(&net.data_dir, &net.name, &veth, false)? {
+            Some(_held) => {
+                store.release_ips(&[ip], &id, &ifname);
+                report.released.push((ip, id, ifname));
+            }
+            None => {
+                busy.insert(veth);
+            }
+        }
     }
     report.debris = store
         .remove_debris()?
@@ -116,22 +130,31 @@ pub fn gc(net: &Network, valid: &BTreeSet<(String, String)>) -> Result<GcReport>
     for (_, id, ifname) in &keep {
         owned.insert(host_veth_name(id, ifname));
     }
+    owned.extend(busy);
     let mut nl = Netlink::open()?;
-    if let Some(br) = nl.link_by_name(&net.bridge)? {
-        for l in nl.links()? {
-            if l.controller == Some(br.index)
-                && is_podwire_veth(&l.name)
-                && !owned.contains(&l.name)
-            {
-                match nl.delete_link(&l.name) {
-                    Ok(true) => report.links.push(l.name),
-                    Ok(false) => {}
-                    Err(e) => {
-                        eprintln!("runtime-shim: GC: {e}");
-                        first_err.get_or_insert(e);
-                    }
-                }
+    for l in nl.links()? {
+        if !is_podwire_veth(&l.name) || !is_ours(&l, &net.name) || owned.contains(&l.name) {
+            continue;
+        }
+        let Some(_held) = AttachmentLock::lock(&net.data_dir, &net.name, &l.name, false)? else {
+            continue;
+        };
+        match nl.delete_link_index(l.index) {
+            Ok(true) => report.links.push(l.name),
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("runtime-shim: GC: {e}");
+                first_err.get_or_insert(e);
             }
+        }
+    }
+    // Lock files of attachments that are gone (a process killed while holding one).
+    for name in AttachmentLock::list(&net.data_dir, &net.name) {
+        if owned.contains(&name) {
+            continue;
+        }
+        if let Some(l) = AttachmentLock::lock(&net.data_dir, &net.name, &name, false)? {
+            l.remove();
         }
     }
     match first_err {

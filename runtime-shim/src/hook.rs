@@ -98,14 +98,21 @@ pub fn stage(state: &State, explicit: Option<&str>) -> Result<Stage> {
     }
 }
 
-/// The name the sandbox's namespace is pinned under in /run/netns.
+/// The name the sandbox's namespace is pinned under in /run/netns. Injective: an id that
+/// fits is `podwire-<id>`; a longer one (netns names are at most 128 bytes) is
+/// `podwire--<sha256 of the id>`, and no id maps there, since ids start with a letter or
+/// digit.
 pub fn pin_name(id: &str) -> String {
     const PREFIX: &str = "podwire-";
-    // netns names are at most 128 bytes; long ids get their veth hash instead.
     if PREFIX.len() + id.len() <= 128 {
         format!("{PREFIX}{id}")
     } else {
-        format!("{PREFIX}{}", crate::plan::host_veth_name(id, ""))
+        use sha2::{Digest, Sha256};
+        let hex: String = Sha256::digest(id.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{PREFIX}-{hex}")
     }
 }
 
@@ -132,12 +139,21 @@ pub fn read_record(state_dir: &Path, id: &str) -> Result<Option<Record>> {
     let p = record_path(state_dir, id);
     let bytes = match fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
         .open(&p)
     {
-        Ok(mut f) => {
+        Ok(f) => {
+            // A FIFO or device planted as a record is refused, never read from.
+            if !f.metadata().is_ok_and(|m| m.is_file()) {
+                return Err(Error::io(
+                    "read record",
+                    &p,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"),
+                ));
+            }
             let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut f, &mut v).map_err(|e| Error::io("read", &p, e))?;
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, 1 << 20), &mut v)
+                .map_err(|e| Error::io("read", &p, e))?;
             v
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -187,7 +203,14 @@ pub fn sandboxes(state_dir: &Path) -> Result<Vec<Sandbox>> {
         if validate_container_id(id).is_err() {
             continue;
         }
-        let record = read_record(state_dir, id)?;
+        // One unreadable, symlinked or planted record must not stop the pass.
+        let record = match read_record(state_dir, id) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("runtime-shim: skipping sandbox record of {id}: {e}");
+                continue;
+            }
+        };
         let live = record.as_ref().is_some_and(|r| {
             let Ok(ns) = NetNs::from_pid(r.pid) else {
                 return false;
@@ -314,8 +337,11 @@ fn config_path(opts: &Options, state: &State, rec: Option<&Record>) -> Result<Pa
     Ok(p)
 }
 
+/// The config named by `--config` or the annotation: a regular file of bounded size
+/// (whoever may set a sandbox's annotations may name any path; `/dev/zero` or a FIFO is
+/// refused at once).
 fn load_config(path: &Path) -> Result<crate::config::Network> {
-    let bytes = fs::read(path).map_err(|e| Error::io("read config", path, e))?;
+    let bytes = crate::read_regular(path, crate::MAX_CONFIG_BYTES)?;
     Ok(crate::config::load(&bytes)?.1)
 }
 
@@ -490,8 +516,18 @@ mod tests {
         assert_eq!(pin_name("abc"), "podwire-abc");
         let long = "a".repeat(200);
         let n = pin_name(&long);
-        assert!(n.len() <= 128 && n.starts_with("podwire-pw"), "{n}");
+        assert!(n.len() <= 128 && n.starts_with("podwire--"), "{n}");
+        netns::validate_name(&n).unwrap();
         netns::validate_name(&pin_name(&"f".repeat(64))).unwrap();
+        // Injective: the short id that spells a long id's pin suffix maps elsewhere, and
+        // ids of every length map to distinct names.
+        let suffix = n.strip_prefix("podwire-").unwrap();
+        assert_ne!(pin_name(suffix.trim_start_matches('-')), n);
+        let ids: Vec<String> = (110..140).map(|l| "b".repeat(l)).collect();
+        let mut names: Vec<String> = ids.iter().map(|i| pin_name(i)).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ids.len());
     }
 
     #[test]

@@ -36,10 +36,182 @@ pub struct Store {
     _lock: Flock<File>,
 }
 
+/// Options that never follow a planted symlink and never block on a planted FIFO.
 fn nofollow() -> OpenOptions {
     let mut o = OpenOptions::new();
-    o.custom_flags(nix::libc::O_NOFOLLOW);
+    o.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC);
     o
+}
+
+/// Read a small file of the store: a regular file only (a FIFO, device or socket planted
+/// under the name is refused without blocking), at most `max` bytes.
+fn read_small(path: &Path, max: u64) -> io::Result<String> {
+    let f = nofollow().read(true).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut s = String::new();
+    f.take(max + 1).read_to_string(&mut s)?;
+    if s.len() as u64 > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "too large"));
+    }
+    Ok(s)
+}
+
+/// Create a new temporary file in `dir` exclusively (O_EXCL, no link followed): a name
+/// planted in advance, as a symlink or a hard link, is never written through; another
+/// name is tried instead.
+fn create_tmp(dir: &Path, tag: &str) -> io::Result<(PathBuf, File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for _ in 0..16 {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = dir.join(format!(
+            ".tmp-{}-{n}-{nanos:08x}-{tag}",
+            std::process::id()
+        ));
+        match nofollow().write(true).create_new(true).mode(0o644).open(&p) {
+            Ok(f) => return Ok((p, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Write `content` to a fresh temporary file; on any error the file is gone.
+fn write_tmp(dir: &Path, tag: &str, content: &[u8]) -> io::Result<PathBuf> {
+    let (tmp, mut f) = create_tmp(dir, tag)?;
+    match f.write_all(content) {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            drop(f);
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Serialises every operation on one attachment (network, container id, ifname): ADD,
+/// DEL and GC of the same attachment never overlap, so a DEL cannot release what an ADD
+/// in flight reserved. A flock on `<dataDir>/<network>/attachments/<host veth name>`,
+/// taken before the network's IPAM lock (GC only ever try-locks it, so no deadlock).
+pub struct AttachmentLock {
+    path: PathBuf,
+    lock: Flock<File>,
+}
+
+impl AttachmentLock {
+    fn dir(data_dir: &Path, network: &str) -> Result<PathBuf> {
+        let dir = data_dir.join(network).join("attachments");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io("create attachment lock dir", &dir, e))?;
+        for d in [data_dir.join(network), dir.clone()] {
+            let meta = fs::symlink_metadata(&d).map_err(|e| Error::io("stat", &d, e))?;
+            if !meta.is_dir() {
+                return Err(Error::io(
+                    "not a directory (a symlink?)",
+                    &d,
+                    io::Error::from(io::ErrorKind::InvalidInput),
+                ));
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Wait for the attachment's lock.
+    pub fn acquire(net: &Network, id: &str, ifname: &str) -> Result<AttachmentLock> {
+        let name = crate::plan::host_veth_name(id, ifname);
+        match Self::lock(&net.data_dir, &net.name, &name, true)? {
+            Some(l) => Ok(l),
+            None => Err(Error::io(
+                "lock attachment",
+                net.data_dir.join(&net.name).join("attachments").join(&name),
+                io::Error::from(io::ErrorKind::WouldBlock),
+            )),
+        }
+    }
+
+    /// Take the lock of the attachment whose host veth is `veth_name`; None if `wait` is
+    /// false and an operation holds it.
+    pub fn lock(
+        data_dir: &Path,
+        network: &str,
+        veth_name: &str,
+        wait: bool,
+    ) -> Result<Option<AttachmentLock>> {
+        let path = Self::dir(data_dir, network)?.join(veth_name);
+        loop {
+            let f = nofollow()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| Error::io("open attachment lock", &path, e))?;
+            let meta = f
+                .metadata()
+                .map_err(|e| Error::io("stat attachment lock", &path, e))?;
+            if !meta.is_file() {
+                return Err(Error::io(
+                    "attachment lock is not a regular file",
+                    &path,
+                    io::Error::from(io::ErrorKind::InvalidData),
+                ));
+            }
+            let arg = if wait {
+                FlockArg::LockExclusive
+            } else {
+                FlockArg::LockExclusiveNonblock
+            };
+            let lock = match Flock::lock(f, arg) {
+                Ok(l) => l,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => return Ok(None),
+                Err((_, e)) => return Err(Error::io("lock attachment", &path, e.into())),
+            };
+            // The holder before us may have removed the file (a finished DEL): lock the
+            // file that is there now.
+            use std::os::unix::fs::MetadataExt;
+            match fs::symlink_metadata(&path) {
+                Ok(now) if now.ino() == meta.ino() && now.dev() == meta.dev() => {
+                    return Ok(Some(AttachmentLock { path, lock }));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Drop the lock and its file (the attachment is gone, or was never made).
+    pub fn remove(self) {
+        let _ = fs::remove_file(&self.path);
+        drop(self.lock);
+    }
+
+    /// Lock files in the network's dir: (host veth name, path).
+    pub fn list(data_dir: &Path, network: &str) -> Vec<String> {
+        let dir = data_dir.join(network).join("attachments");
+        let Ok(rd) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 impl Store {
@@ -68,6 +240,13 @@ impl Store {
             .mode(0o600)
             .open(&lock_path)
             .map_err(|e| Error::io("open IPAM lock", &lock_path, e))?;
+        if !f.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(Error::io(
+                "IPAM lock is not a regular file",
+                &lock_path,
+                io::Error::from(io::ErrorKind::InvalidData),
+            ));
+        }
         let lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| Error::io("lock", &lock_path, e.into()))?;
         Ok(Store { dir, _lock: lock })
@@ -81,21 +260,12 @@ impl Store {
         self.dir.join(ip.to_string())
     }
 
-    /// Reserve `ip` for (id, ifname). Ok(false) if it is already taken.
+    /// Reserve `ip` for (id, ifname). Ok(false) if it is already taken. On error no
+    /// record and no temporary file is left (a full disk included).
     pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool> {
-        let tmp = self.dir.join(format!(".tmp-{}-{}", std::process::id(), ip));
         let content = format!("{id}{LINE_BREAK}{ifname}");
-        {
-            let mut f = nofollow()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o644)
-                .open(&tmp)
-                .map_err(|e| Error::io("write IPAM record", &tmp, e))?;
-            f.write_all(content.as_bytes())
-                .map_err(|e| Error::io("write IPAM record", &tmp, e))?;
-        }
+        let tmp = write_tmp(&self.dir, &ip.to_string(), content.as_bytes())
+            .map_err(|e| Error::io("write IPAM record", self.record_path(ip), e))?;
         let dst = self.record_path(ip);
         let r = fs::hard_link(&tmp, &dst);
         let _ = fs::remove_file(&tmp);
@@ -108,39 +278,60 @@ impl Store {
 
     fn last_reserved(&self, set: usize) -> Option<IpAddr> {
         let p = self.dir.join(format!("{LAST_RESERVED}{set}"));
-        let mut s = String::new();
-        nofollow()
-            .read(true)
-            .open(p)
-            .ok()?
-            .read_to_string(&mut s)
-            .ok()?;
-        s.trim().parse().ok()
+        read_small(&p, 64).ok()?.trim().parse().ok()
     }
 
     fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
         let p = self.dir.join(format!("{LAST_RESERVED}{set}"));
-        let tmp = self
-            .dir
-            .join(format!(".tmp-{}-last{set}", std::process::id()));
-        fs::write(&tmp, ip.to_string()).map_err(|e| Error::io("write", &tmp, e))?;
-        fs::rename(&tmp, &p).map_err(|e| Error::io("write", &p, e))
+        let tmp = write_tmp(&self.dir, &format!("last{set}"), ip.to_string().as_bytes())
+            .map_err(|e| Error::io("write", &p, e))?;
+        fs::rename(&tmp, &p).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io("write", &p, e)
+        })
     }
 
-    /// One address from every range set of `net`, for (id, ifname). On error nothing
-    /// stays reserved.
+    /// One address from every range set of `net`, for (id, ifname). A reservation the
+    /// attachment already holds in a set (an ADD killed after reserving, or a pod whose
+    /// namespace vanished without DEL) is reused, and any other it holds is released: at
+    /// most one reservation per (id, ifname) per range set. On error nothing new stays
+    /// reserved.
     pub fn allocate(&self, net: &Network, id: &str, ifname: &str) -> Result<Vec<Allocation>> {
+        let held: Vec<IpAddr> = self
+            .records()?
+            .into_iter()
+            .filter(|(_, i, f)| i == id && f == ifname)
+            .map(|(ip, _, _)| ip)
+            .collect();
         let mut got: Vec<Allocation> = Vec::new();
+        let mut fresh: Vec<IpAddr> = Vec::new();
         for (set, ranges) in net.range_sets.iter().enumerate() {
+            let reuse = held.iter().find_map(|ip| {
+                ranges.iter().find(|r| r.contains(*ip) && *ip != r.gateway).map(|r| Allocation {
+                    ip: *ip,
+                    range: r.clone(),
+                    set,
+                })
+            });
+            if let Some(a) = reuse {
+                got.push(a);
+                continue;
+            }
             match self.allocate_in_set(net, set, ranges, id, ifname) {
-                Ok(a) => got.push(a),
+                Ok(a) => {
+                    fresh.push(a.ip);
+                    got.push(a);
+                }
                 Err(e) => {
-                    for a in &got {
-                        let _ = fs::remove_file(self.record_path(a.ip));
+                    for ip in &fresh {
+                        let _ = fs::remove_file(self.record_path(*ip));
                     }
                     return Err(e);
                 }
             }
+        }
+        for ip in held.iter().filter(|ip| !got.iter().any(|a| a.ip == **ip)) {
+            let _ = fs::remove_file(self.record_path(*ip));
         }
         Ok(got)
     }
@@ -171,7 +362,10 @@ impl Store {
         loop {
             let r = &ranges[ri];
             if ip != r.gateway && self.reserve(ip, id, ifname)? {
-                self.set_last_reserved(set, ip)?;
+                if let Err(e) = self.set_last_reserved(set, ip) {
+                    let _ = fs::remove_file(self.record_path(ip));
+                    return Err(e);
+                }
                 return Ok(Allocation {
                     ip,
                     range: r.clone(),
@@ -209,18 +403,17 @@ impl Store {
             let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
                 continue;
             };
-            let mut s = String::new();
-            let read = nofollow()
-                .read(true)
-                .open(entry.path())
-                .and_then(|mut f| f.read_to_string(&mut s));
-            if let Err(e) = read {
-                eprintln!(
-                    "runtime-shim: skipping IPAM record {}: {e}",
-                    entry.path().display()
-                );
-                continue;
-            }
+            let read = read_small(&entry.path(), 4096);
+            let s = match read {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!(
+                        "runtime-shim: skipping IPAM record {}: {e}",
+                        entry.path().display()
+                    );
+                    continue;
+                }
+            };
             let mut lines = s.trim().splitn(2, LINE_BREAK);
             let id = lines.next().unwrap_or("").trim().to_string();
             let ifname = lines.next().unwrap_or("").trim().to_string();
@@ -255,12 +448,9 @@ impl Store {
             if name.parse::<IpAddr>().is_err() {
                 continue;
             }
-            let mut s = String::new();
-            let ok = nofollow()
-                .read(true)
-                .open(&path)
-                .and_then(|mut f| f.read_to_string(&mut s))
-                .is_ok();
+            let read = read_small(&path, 4096);
+            let ok = read.is_ok();
+            let s = read.unwrap_or_default();
             if !ok
                 || s.trim()
                     .split(LINE_BREAK)

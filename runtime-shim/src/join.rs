@@ -226,7 +226,7 @@ pub fn join(bundle: &Path, sandbox: &Sandbox, state_dir: &Path) -> Result<Target
             reason: "not a regular file".into(),
         });
     }
-    let old = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    let old = crate::read_regular(&path, 16 << 20)?;
     let target = resolve(sandbox, state_dir)?;
     let new = rewrite(&old, &target, &path)?;
     if new == old {
@@ -239,6 +239,12 @@ pub fn join(bundle: &Path, sandbox: &Sandbox, state_dir: &Path) -> Result<Target
             .create_new(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)?;
+        // The runtime (or a rootless user) owns the bundle: keep owner and mode.
+        {
+            use std::os::unix::fs::MetadataExt;
+            nix::unistd::fchown(&f, Some(meta.uid().into()), Some(meta.gid().into()))
+                .map_err(std::io::Error::from)?;
+        }
         f.set_permissions(fs::Permissions::from_mode(meta.permissions().mode()))?;
         f.write_all(&new)?;
         f.sync_data()?;

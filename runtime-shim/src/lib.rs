@@ -17,6 +17,7 @@ pub mod gc;
 pub mod hook;
 pub mod ipam;
 pub mod join;
+pub mod kernel;
 pub mod link;
 pub mod masq;
 pub mod plan;
@@ -44,9 +45,13 @@ pub enum Error {
         reason: String,
     },
     #[error(
-        "missing capability {cap}: runtime-shim needs CAP_NET_ADMIN and CAP_SYS_ADMIN (run as root)"
+        "missing capability {cap}: runtime-shim needs CAP_NET_ADMIN, CAP_NET_RAW, \
+         CAP_SYS_ADMIN and CAP_SYS_PTRACE (run as root)"
     )]
     Capability { cap: &'static str },
+    /// Reading or changing this process's capability sets failed.
+    #[error("cannot drop capabilities: {0}")]
+    Capabilities(String),
     #[error(transparent)]
     Netns(#[from] netns::Error),
     /// A netlink request failed.
@@ -93,10 +98,10 @@ pub enum Error {
     /// `join`: the bundle's config.json is missing or unusable.
     #[error("bundle {path}: {reason}")]
     Bundle { path: PathBuf, reason: String },
-    /// A setup step failed; everything the call had created was undone.
-    #[error("setup failed at step '{step}' (everything this call created was removed): {source}")]
+    /// A setup step failed; everything the call had changed was undone.
+    #[error("setup failed at step '{step}' (everything this call changed was undone): {source}")]
     Step {
-        step: String,
+        step: apply::Step,
         #[source]
         source: Box<Error>,
     },
@@ -138,17 +143,16 @@ pub const NEEDED_CAPABILITIES: [caps::Capability; 4] = [
 ];
 
 /// Least privilege: drop every other capability from the bounding set (so nothing this
-/// process execs, iptables included, can regain it), then from the permitted, effective,
-/// inheritable and ambient sets. Call first thing; a process with fewer capabilities
-/// keeps what it has (and [`check_capabilities`] says what is missing).
+/// process execs can regain it), then from the permitted, effective, inheritable and
+/// ambient sets. CAP_SETPCAP stays permitted, never effective, only so that the thread
+/// that execs a tool can shrink its own bounding set to what that tool needs
+/// ([`masq::run_tool`]). Call first thing; a process with fewer capabilities keeps what
+/// it has (and [`check_capabilities`] says what is missing).
 pub fn drop_capabilities() -> Result<()> {
     use caps::{CapSet, Capability, CapsHashSet};
-    let err = |e: caps::errors::CapsError| Error::Io {
-        op: "drop capabilities",
-        path: "/proc/self/status".into(),
-        source: std::io::Error::other(e.to_string()),
-    };
-    let keep: CapsHashSet = NEEDED_CAPABILITIES.into_iter().collect();
+    let err = |e: caps::errors::CapsError| Error::Capabilities(e.to_string());
+    let mut keep: CapsHashSet = NEEDED_CAPABILITIES.into_iter().collect();
+    keep.insert(Capability::CAP_SETPCAP);
     // Shrinking the bounding set needs CAP_SETPCAP, which goes last.
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).map_err(err)? {
         for c in caps::read(None, CapSet::Bounding).map_err(err)? {
@@ -162,25 +166,72 @@ pub fn drop_capabilities() -> Result<()> {
         .intersection(&keep)
         .copied()
         .collect();
+    let effective: CapsHashSet = now
+        .iter()
+        .copied()
+        .filter(|c| *c != Capability::CAP_SETPCAP)
+        .collect();
     caps::clear(None, CapSet::Ambient).map_err(err)?;
     caps::clear(None, CapSet::Inheritable).map_err(err)?;
-    caps::set(None, CapSet::Effective, &now).map_err(err)?;
+    caps::set(None, CapSet::Effective, &effective).map_err(err)?;
     caps::set(None, CapSet::Permitted, &now).map_err(err)?;
     Ok(())
 }
 
-/// Fail early, with a clear message, when the process lacks what setup and teardown need.
+/// Fail early, with a clear message naming the capability that is missing, when the
+/// process lacks what setup and teardown need.
 pub fn check_capabilities() -> Result<()> {
     use caps::{CapSet, Capability};
     for (cap, name) in [
         (Capability::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (Capability::CAP_NET_RAW, "CAP_NET_RAW"),
         (Capability::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (Capability::CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
     ] {
         if !caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false) {
             return Err(Error::Capability { cap: name });
         }
     }
     Ok(())
+}
+
+/// Largest config file read (a network config, a NodeList is allowed more).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Read a file that must be regular (a FIFO, device or socket is refused without
+/// blocking: `/dev/zero` or a planted FIFO never hangs or exhausts memory), at most `max`
+/// bytes.
+pub fn read_regular(path: &std::path::Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let meta = f.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            "read",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    let mut v = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut v)
+        .map_err(|e| Error::io("read", path, e))?;
+    if v.len() as u64 > max {
+        return Err(Error::io(
+            "read",
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("larger than {max} bytes"),
+            ),
+        ));
+    }
+    Ok(v)
 }
 
 /// Container ids: what CNI allows (alphanumerics plus `_.-`, starting alphanumeric), so an
@@ -270,10 +321,10 @@ mod tests {
     #[test]
     fn step_root() {
         let e = Error::Step {
-            step: "x".into(),
+            step: apply::Step::CreateVeth,
             source: Box::new(Error::Check("inner".into())),
         };
         assert!(matches!(e.root(), Error::Check(_)));
-        assert!(e.to_string().contains("step 'x'"));
+        assert!(e.to_string().contains("step 'create veth'"));
     }
 }

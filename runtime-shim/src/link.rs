@@ -34,6 +34,8 @@ pub struct Link {
     pub controller: Option<u32>,
     pub up: bool,
     pub alias: Option<String>,
+    /// The link's kind ("bridge", "veth", ...); None for plain devices (lo, most NICs).
+    pub kind: Option<String>,
 }
 
 /// A route in the main table.
@@ -42,7 +44,13 @@ pub struct RouteEntry {
     pub dst: IpNet,
     pub gw: Option<IpAddr>,
     pub oif: Option<u32>,
+    /// Who installed it (`proto` in `ip route`): the kernel, boot, podwire's own, ...
+    pub protocol: u8,
 }
+
+/// The routing protocol number podwire's node routes carry (`ip route ... proto 77`), so
+/// `routes --apply` can prove a route is its own before it replaces or removes it.
+pub const PODWIRE_ROUTE_PROTO: u8 = 77;
 
 pub struct Netlink {
     sock: Socket,
@@ -156,6 +164,7 @@ impl Netlink {
             controller: None,
             up: m.header.flags.contains(LinkFlags::Up),
             alias: None,
+            kind: None,
         };
         for a in &m.attributes {
             match a {
@@ -164,6 +173,13 @@ impl Netlink {
                 LinkAttribute::Mtu(m) => l.mtu = Some(*m),
                 LinkAttribute::Controller(c) => l.controller = Some(*c),
                 LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -237,13 +253,30 @@ impl Netlink {
             .map_err(|e| nl_err(format!("set link {index}"), e))
     }
 
+    /// Set a link down by index.
+    pub fn set_down(&mut self, index: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.change_mask = LinkFlags::Up;
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+            .map(|_| ())
+            .map_err(|e| nl_err(format!("set link {index} down"), e))
+    }
+
     /// Create a veth pair in one request: `host` here, enslaved to `controller` (down,
     /// see [`Netlink::bring_up_port`]); its peer `peer` created directly inside the
     /// namespace `peer_ns` (an nsfs fd). Returns the host end, echoed by the kernel.
+    ///
+    /// Both ends carry an alias (`host_alias`, `peer_alias`) set in the same request, so
+    /// a link that has it was provably made by this call's kind of request: teardown and
+    /// GC delete nothing without it.
+    #[allow(clippy::too_many_arguments)]
     pub fn create_veth(
         &mut self,
         host: &str,
+        host_alias: &str,
         peer: &str,
+        peer_alias: &str,
         peer_ns: &impl AsFd,
         mtu: Option<u32>,
         controller: u32,
@@ -254,9 +287,13 @@ impl Netlink {
         let mut p = LinkMessage::default();
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
         p.attributes
+            .push(LinkAttribute::IfAlias(peer_alias.to_string()));
+        p.attributes
             .push(LinkAttribute::NetNsFd(peer_ns.as_fd().as_raw_fd()));
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(host.to_string()));
+        m.attributes
+            .push(LinkAttribute::IfAlias(host_alias.to_string()));
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
             p.attributes.push(LinkAttribute::Mtu(mtu));
@@ -343,6 +380,35 @@ impl Netlink {
         }
     }
 
+    /// Delete a link by index (after its name and marker were checked, so a link renamed
+    /// or replaced in between is never hit by name). Ok(false) if it is gone.
+    pub fn delete_link_index(&mut self, index: u32) -> Result<bool> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        match self.request(RouteNetlinkMessage::DelLink(m), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => Ok(false),
+            Err(e) => Err(nl_err(format!("delete link {index}"), e)),
+        }
+    }
+
+    /// Remove `addr` from a link. Ok(false) if it was not there.
+    pub fn del_address(&mut self, index: u32, addr: IpNet) -> Result<bool> {
+        let mut m = AddressMessage::default();
+        m.header.family = family(addr.addr());
+        m.header.prefix_len = addr.prefix_len();
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(addr.addr()));
+        m.attributes.push(AddressAttribute::Address(addr.addr()));
+        match self.request(RouteNetlinkMessage::DelAddress(m), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EADDRNOTAVAIL | nix::libc::ENODEV)) => {
+                Ok(false)
+            }
+            Err(e) => Err(nl_err(format!("remove address {addr} from link {index}"), e)),
+        }
+    }
+
     /// Add `addr` (with its prefix) to a link. Ok(false) if it is already there.
     pub fn add_address(&mut self, index: u32, addr: IpNet) -> Result<bool> {
         let mut m = AddressMessage::default();
@@ -371,40 +437,6 @@ impl Netlink {
             Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => Ok(false),
             Err(e) => Err(nl_err(format!("add address {addr} to link {index}"), e)),
         }
-    }
-
-    /// Addresses of a link.
-    pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>> {
-        let r = self
-            .request(
-                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-                NLM_F_DUMP,
-            )
-            .map_err(|e| nl_err("list addresses", e))?;
-        let mut out = Vec::new();
-        for x in r {
-            if let RouteNetlinkMessage::NewAddress(a) = x {
-                if a.header.index != index {
-                    continue;
-                }
-                let ip = a.attributes.iter().find_map(|at| match at {
-                    AddressAttribute::Local(ip) => Some(*ip),
-                    _ => None,
-                });
-                let ip = ip.or_else(|| {
-                    a.attributes.iter().find_map(|at| match at {
-                        AddressAttribute::Address(ip) => Some(*ip),
-                        _ => None,
-                    })
-                });
-                if let Some(ip) = ip {
-                    if let Ok(n) = IpNet::new(ip, a.header.prefix_len) {
-                        out.push(n);
-                    }
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Add a route in the main table. Ok(false) if it already exists.
@@ -442,13 +474,14 @@ impl Netlink {
     }
 
     /// Add or replace a route via a gateway the kernel resolves to an interface (for
-    /// routes to other nodes' pod subnets). Idempotent.
+    /// routes to other nodes' pod subnets), marked `proto` [`PODWIRE_ROUTE_PROTO`].
+    /// Idempotent. Callers check first that `dst` is not a route of someone else's.
     pub fn replace_route_via(&mut self, dst: IpNet, gw: IpAddr) -> Result<()> {
         let mut m = RouteMessage::default();
         m.header.address_family = family(dst.addr());
         m.header.destination_prefix_length = dst.prefix_len();
         m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = RouteProtocol::Boot;
+        m.header.protocol = RouteProtocol::Other(PODWIRE_ROUTE_PROTO);
         m.header.scope = RouteScope::Universe;
         m.header.kind = RouteType::Unicast;
         if dst.prefix_len() > 0 {
@@ -462,6 +495,69 @@ impl Netlink {
         )
         .map(|_| ())
         .map_err(|e| nl_err(format!("replace route {dst} via {gw}"), e))
+    }
+
+    /// Delete podwire's route to `dst` (only one carrying [`PODWIRE_ROUTE_PROTO`]: the
+    /// kernel matches the protocol). Ok(false) if there is none.
+    pub fn delete_podwire_route(&mut self, dst: IpNet) -> Result<bool> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(dst.addr());
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Other(PODWIRE_ROUTE_PROTO);
+        m.header.scope = RouteScope::NoWhere;
+        if dst.prefix_len() > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(route_addr(dst.addr())));
+        }
+        match self.request(RouteNetlinkMessage::DelRoute(m), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => Ok(false),
+            Err(e) => Err(nl_err(format!("delete route {dst}"), e)),
+        }
+    }
+
+    /// Every address of every link (index, address), for checks that a route must not
+    /// cover one of the node's own addresses.
+    pub fn all_addresses(&mut self) -> Result<Vec<(u32, IpNet)>> {
+        let r = self
+            .request(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(|e| nl_err("list addresses", e))?;
+        let mut out = Vec::new();
+        for x in r {
+            if let RouteNetlinkMessage::NewAddress(a) = x {
+                let ip = a
+                    .attributes
+                    .iter()
+                    .find_map(|at| match at {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    })
+                    .or_else(|| {
+                        a.attributes.iter().find_map(|at| match at {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    });
+                if let Some(n) = ip.and_then(|ip| IpNet::new(ip, a.header.prefix_len).ok()) {
+                    out.push((a.header.index, n));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Addresses of a link.
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>> {
+        Ok(self
+            .all_addresses()?
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, n)| n)
+            .collect())
     }
 
     /// Routes of the main table, both families.
@@ -483,6 +579,7 @@ impl Netlink {
                 let mut dst_ip = None;
                 let mut gw = None;
                 let mut oif = None;
+                let protocol = u8::from(rm.header.protocol);
                 for a in &rm.attributes {
                     match a {
                         RouteAttribute::Destination(d) => dst_ip = ip_of(d),
@@ -499,7 +596,12 @@ impl Netlink {
                 if let Ok(dst) =
                     IpNet::new(dst_ip.unwrap_or(zero), rm.header.destination_prefix_length)
                 {
-                    out.push(RouteEntry { dst, gw, oif });
+                    out.push(RouteEntry {
+                        dst,
+                        gw,
+                        oif,
+                        protocol,
+                    });
                 }
             }
         }

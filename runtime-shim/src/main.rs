@@ -114,7 +114,9 @@ enum Cmd {
         /// Size of each node's pod CIDR.
         #[arg(long, default_value_t = 24)]
         node_cidr_mask: u8,
-        /// Install the routes in this network namespace (replacing existing ones).
+        /// Install the routes in this network namespace, all or nothing (needs
+        /// --cluster-cidr: only routes inside it, never the default route, one covering a
+        /// node address, or a route podwire did not install, are touched).
         #[arg(long)]
         apply: bool,
     },
@@ -125,18 +127,24 @@ enum Cmd {
     },
 }
 
-fn read_config(path: &Path) -> Result<config::Network> {
-    let bytes = if path == Path::new("-") {
-        read_stdin()?
+/// A regular file of at most `max` bytes, or stdin for `-`.
+fn read_input(path: &Path, max: u64) -> Result<Vec<u8>> {
+    if path == Path::new("-") {
+        read_stdin(max)
     } else {
-        std::fs::read(path).map_err(|e| Error::Io {
-            op: "read config",
-            path: path.into(),
-            source: e,
-        })?
-    };
-    Ok(config::load(&bytes)?.1)
+        runtime_shim::read_regular(path, max)
+    }
 }
+
+fn read_config(path: &Path) -> Result<config::Network> {
+    Ok(config::load(&read_input(path, runtime_shim::MAX_CONFIG_BYTES)?)?.1)
+}
+
+/// NodeLists of large clusters run to megabytes.
+const MAX_NODES_BYTES: u64 = 256 << 20;
+
+/// Inputs on stdin (a CNI netconf with its prevResult, an OCI state) are small.
+const MAX_STDIN_BYTES: u64 = 64 << 20;
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
@@ -169,7 +177,7 @@ fn run(cmd: Cmd) -> Result<()> {
             stage,
             state_dir,
         } => {
-            let stdin = read_stdin()?;
+            let stdin = read_stdin(MAX_STDIN_BYTES)?;
             let opts = runtime_shim::hook::Options {
                 config,
                 ifname,
@@ -199,26 +207,24 @@ fn run(cmd: Cmd) -> Result<()> {
             node_cidr_mask,
             apply,
         } => {
-            let bytes = if nodes == Path::new("-") {
-                read_stdin()?
-            } else {
-                std::fs::read(&nodes).map_err(|e| Error::Io {
-                    op: "read nodes",
-                    path: nodes.clone(),
-                    source: e,
-                })?
-            };
+            let bytes = read_input(&nodes, MAX_NODES_BYTES)?;
             let mut all = runtime_shim::routes::parse_nodes(&bytes)?;
             if let Some(c) = cluster_cidr {
                 runtime_shim::routes::carve(&mut all, c, node_cidr_mask)?;
             }
             let routes = runtime_shim::routes::routes_for(&all, &node)?;
             if apply {
+                // Routes are installed only inside the cluster range, so it must be known.
+                let cluster = cluster_cidr.ok_or_else(|| Error::Invalid {
+                    what: "--apply",
+                    value: "without --cluster-cidr".into(),
+                    reason: "routes are applied only inside the cluster range: pass \
+                             --cluster-cidr"
+                        .into(),
+                })?;
                 runtime_shim::check_capabilities()?;
                 let mut nl = runtime_shim::link::Netlink::open()?;
-                for r in &routes {
-                    nl.replace_route_via(r.dst, r.via)?;
-                }
+                runtime_shim::routes::apply(&mut nl, &routes, cluster)?;
             }
             let me = all.iter().find(|n| n.name == node);
             println!(
@@ -258,15 +264,23 @@ fn run(cmd: Cmd) -> Result<()> {
     Ok(())
 }
 
-fn read_stdin() -> Result<Vec<u8>> {
+fn read_stdin(max: u64) -> Result<Vec<u8>> {
     let mut v = Vec::new();
+    let io = |source| Error::Io {
+        op: "read",
+        path: "stdin".into(),
+        source,
+    };
     std::io::stdin()
+        .take(max + 1)
         .read_to_end(&mut v)
-        .map_err(|e| Error::Io {
-            op: "read",
-            path: "stdin".into(),
-            source: e,
-        })?;
+        .map_err(io)?;
+    if v.len() as u64 > max {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {max} bytes"),
+        )));
+    }
     Ok(v)
 }
 
@@ -285,7 +299,7 @@ fn cni_main() -> ExitCode {
         println!("{}", cni::version_json());
         return ExitCode::SUCCESS;
     }
-    let stdin = match runtime_shim::drop_capabilities().and_then(|()| read_stdin()) {
+    let stdin = match runtime_shim::drop_capabilities().and_then(|()| read_stdin(MAX_STDIN_BYTES)) {
         Ok(s) => s,
         Err(e) => {
             println!("{}", cni::error_json(Some(req.command), cni::LATEST, &e));

@@ -54,31 +54,94 @@ fn binary(subnet: &IpNet) -> &'static str {
     }
 }
 
-/// Where a tool lives: `$PATH` first, then the sbin directories. OCI hooks run with
-/// exactly the env their hook entry lists, often with no PATH at all, and exec's default
-/// search path has no sbin (where Debian puts iptables).
-pub fn find_tool(name: &str) -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(Into::into))
-        .map(|d| d.join(name))
+/// Where executed tools may live: fixed system directories, in this order. Never
+/// `$PATH` (a hook's environment is the runtime's, a CNI plugin's the caller's) and never
+/// the working directory.
+pub const TOOL_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// The absolute path of a system tool.
+pub fn find_tool(name: &str) -> Result<std::path::PathBuf> {
+    TOOL_DIRS
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| name.into())
+        .ok_or_else(|| Error::Command {
+            cmd: name.to_string(),
+            stderr: format!(
+                "{name} not found in {} (is the iptables package installed?)",
+                TOOL_DIRS.join(", ")
+            ),
+        })
+}
+
+/// The capabilities iptables needs, and all an executed tool gets.
+const TOOL_CAPS: [caps::Capability; 2] = [
+    caps::Capability::CAP_NET_ADMIN,
+    caps::Capability::CAP_NET_RAW,
+];
+
+/// Shrink the calling thread's capabilities to [`TOOL_CAPS`], the bounding set included
+/// (a root exec's permitted set is the bounding set), so a tool it execs has no more.
+/// Capabilities are per thread: callers run this on a thread of their own.
+fn restrict_thread_to_tool_caps() -> std::result::Result<(), caps::errors::CapsError> {
+    use caps::{CapSet, Capability, CapsHashSet};
+    let want: CapsHashSet = TOOL_CAPS.into_iter().collect();
+    if caps::has_cap(None, CapSet::Permitted, Capability::CAP_SETPCAP)? {
+        caps::raise(None, CapSet::Effective, Capability::CAP_SETPCAP)?;
+        for c in caps::read(None, CapSet::Bounding)? {
+            if !want.contains(&c) {
+                caps::drop(None, CapSet::Bounding, c)?;
+            }
+        }
+    }
+    let now: CapsHashSet = caps::read(None, CapSet::Permitted)?
+        .intersection(&want)
+        .copied()
+        .collect();
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::set(None, CapSet::Effective, &now)?;
+    caps::set(None, CapSet::Permitted, &now)
+}
+
+/// Run a system tool (absolute path, empty environment but a fixed PATH) with only the
+/// capabilities it needs, from a thread of its own.
+pub fn run_tool(name: &str, args: &[String]) -> Result<std::process::Output> {
+    let path = find_tool(name)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            restrict_thread_to_tool_caps().map_err(|e| Error::Command {
+                cmd: name.to_string(),
+                stderr: format!("cannot drop capabilities before running {name}: {e}"),
+            })?;
+            Command::new(&path)
+                .args(args)
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| Error::Command {
+                    cmd: name.to_string(),
+                    stderr: format!("cannot run {}: {e}", path.display()),
+                })
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::Command {
+                cmd: name.to_string(),
+                stderr: "the thread running it panicked".into(),
+            })
+        })
+    })
 }
 
 /// Run iptables in the caller's network namespace; Ok(true) on exit 0, Ok(false) on 1.
 fn iptables(op: &str, network: &str, subnet: &IpNet) -> Result<bool> {
     let bin = binary(subnet);
     let args = rule_args(network, subnet);
-    let out = Command::new(find_tool(bin))
-        .args(["-w", "5", "-t", "nat", op])
-        .args(&args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Command {
-            cmd: bin.to_string(),
-            stderr: format!("cannot run {bin}: {e} (is the iptables package installed?)"),
-        })?;
+    let mut all: Vec<String> = ["-w", "5", "-t", "nat", op].map(String::from).to_vec();
+    all.extend(args.iter().cloned());
+    let out = run_tool(bin, &all)?;
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1) if op == "-C" || op == "-D" => Ok(false),

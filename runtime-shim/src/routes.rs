@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::link::{Netlink, PODWIRE_ROUTE_PROTO, RouteEntry};
 use crate::{Error, Result};
 
 /// One node, as far as routing cares.
@@ -229,9 +230,137 @@ pub fn routes_for(nodes: &[NodeInfo], me: &str) -> Result<Vec<NodeRoute>> {
     Ok(out)
 }
 
+/// Refuse, before anything is applied, every route that could hurt the node: the default
+/// route, anything outside the cluster range, anything covering one of the node's own
+/// addresses (its LAN's connected route included), and a route to a destination the node
+/// already routes by someone else's route (not podwire's `proto`).
+pub fn check_safe(
+    routes: &[NodeRoute],
+    cluster: IpNet,
+    node_addrs: &[IpNet],
+    existing: &[RouteEntry],
+) -> Result<()> {
+    if cluster.prefix_len() == 0 {
+        return Err(bad(
+            "clusterCIDR".into(),
+            format!("{cluster} is the whole address space"),
+        ));
+    }
+    for r in routes {
+        let field = || format!("node {}: podCIDR", r.node);
+        let inside =
+            cluster.contains(&r.dst.network()) && r.dst.prefix_len() >= cluster.prefix_len();
+        if r.dst.prefix_len() == 0 || !inside {
+            return Err(bad(
+                field(),
+                format!("{} is outside the cluster range {cluster}: not routed", r.dst),
+            ));
+        }
+        if let Some(a) = node_addrs.iter().find(|a| r.dst.contains(&a.addr())) {
+            return Err(bad(
+                field(),
+                format!("{} covers this node's own address {a}: not routed", r.dst),
+            ));
+        }
+        if let Some(e) = existing
+            .iter()
+            .find(|e| e.dst == r.dst && e.protocol != PODWIRE_ROUTE_PROTO)
+        {
+            return Err(bad(
+                field(),
+                format!(
+                    "the node already has a route to {} (proto {}) that podwire did not \
+                     install: not replaced",
+                    r.dst, e.protocol
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Install `routes` in the caller's namespace, all or nothing: every route is checked
+/// first ([`check_safe`]); a failure part-way puts back what was there before.
+pub fn apply(nl: &mut Netlink, routes: &[NodeRoute], cluster: IpNet) -> Result<()> {
+    let addrs: Vec<IpNet> = nl.all_addresses()?.into_iter().map(|(_, a)| a).collect();
+    let existing = nl.routes()?;
+    check_safe(routes, cluster, &addrs, &existing)?;
+    let mut done: Vec<(IpNet, Option<IpAddr>)> = Vec::new();
+    for r in routes {
+        let before = existing
+            .iter()
+            .find(|e| e.dst == r.dst && e.protocol == PODWIRE_ROUTE_PROTO)
+            .and_then(|e| e.gw);
+        if let Err(e) = nl.replace_route_via(r.dst, r.via) {
+            for (dst, prev) in done.into_iter().rev() {
+                let undo = match prev {
+                    Some(gw) => nl.replace_route_via(dst, gw),
+                    None => nl.delete_podwire_route(dst).map(|_| ()),
+                };
+                if let Err(u) = undo {
+                    eprintln!("runtime-shim: routes: undo {dst} failed (continuing): {u}");
+                }
+            }
+            return Err(e);
+        }
+        done.push((r.dst, before));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsafe_routes_are_refused_before_anything_is_applied() {
+        let cluster: IpNet = "10.244.0.0/16".parse().unwrap();
+        let route = |dst: &str| NodeRoute {
+            dst: dst.parse().unwrap(),
+            via: "192.168.1.2".parse().unwrap(),
+            node: "n2".into(),
+        };
+        let node: Vec<IpNet> = vec!["192.168.1.1/24".parse().unwrap()];
+        let existing = vec![
+            RouteEntry {
+                dst: "192.168.1.0/24".parse().unwrap(),
+                gw: None,
+                oif: Some(2),
+                protocol: 2,
+            },
+            RouteEntry {
+                dst: "10.244.9.0/24".parse().unwrap(),
+                gw: None,
+                oif: Some(3),
+                protocol: 4,
+            },
+            RouteEntry {
+                dst: "10.244.2.0/24".parse().unwrap(),
+                gw: "192.168.1.3".parse().ok(),
+                oif: Some(2),
+                protocol: PODWIRE_ROUTE_PROTO,
+            },
+        ];
+        let ok = |dst: &str| check_safe(&[route(dst)], cluster, &node, &existing);
+        ok("10.244.2.0/24").unwrap();
+        for (dst, want) in [
+            ("0.0.0.0/0", "outside the cluster range"),
+            ("192.168.1.0/24", "outside the cluster range"),
+            ("10.0.0.0/8", "outside the cluster range"),
+            ("10.244.9.0/24", "did not install"),
+        ] {
+            let e = ok(dst).unwrap_err().to_string();
+            assert!(e.contains(want), "{dst}: {e}");
+        }
+        // The node's own LAN inside the cluster range is still never routed away.
+        let wide: IpNet = "192.168.0.0/16".parse().unwrap();
+        let e = check_safe(&[route("192.168.1.0/24")], wide, &node, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("covers this node's own address"), "{e}");
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(check_safe(&[], all, &node, &[]).is_err());
+    }
 
     fn nodes(json: &str) -> Vec<NodeInfo> {
         parse_nodes(json.as_bytes()).unwrap()

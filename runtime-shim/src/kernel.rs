@@ -1,0 +1,176 @@
+//! The kernel seam setup and teardown run over: a handful of operations on links,
+//! addresses, sysctls and masquerade in the node's namespace, plus the pod side. The real
+//! side is [`Real`] (rtnetlink, procfs, iptables); unit tests pass a double that fails
+//! any call on purpose, so every step's rollback is tested without root.
+
+use std::fs;
+
+use ipnet::IpNet;
+use netns::NetNs;
+
+use crate::link::{Link, Netlink};
+use crate::plan::Plan;
+use crate::{Error, Result, masq};
+
+/// What a veth creation asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethSpec {
+    pub host: String,
+    pub host_alias: String,
+    pub peer: String,
+    pub peer_alias: String,
+    pub mtu: Option<u32>,
+    pub controller: u32,
+}
+
+pub trait Kernel {
+    fn link(&mut self, name: &str) -> Result<Option<Link>>;
+    fn links(&mut self) -> Result<Vec<Link>>;
+    /// Ok(false): a link of that name already exists.
+    fn create_bridge(&mut self, name: &str, mtu: Option<u32>, mac: [u8; 6]) -> Result<bool>;
+    fn set_up(&mut self, index: u32) -> Result<()>;
+    fn set_down(&mut self, index: u32) -> Result<()>;
+    fn set_alias(&mut self, index: u32, alias: &str) -> Result<()>;
+    /// Ok(false): the address was already there.
+    fn add_address(&mut self, index: u32, addr: IpNet) -> Result<bool>;
+    fn del_address(&mut self, index: u32, addr: IpNet) -> Result<bool>;
+    fn delete_link(&mut self, index: u32) -> Result<bool>;
+    fn create_veth(&mut self, v: &VethSpec, pod: &NetNs) -> Result<Link>;
+    fn bring_up_port(&mut self, index: u32, hairpin: bool) -> Result<()>;
+    /// Inside the pod: lo up, addresses and routes on the pod interface.
+    fn configure_pod(&mut self, pod: &NetNs, p: &Plan) -> Result<Link>;
+    /// Inside the pod: delete `ifname` only if it carries `alias` (podwire's marker).
+    fn delete_pod_link(&mut self, pod: &NetNs, ifname: &str, alias: &str) -> Result<bool>;
+    fn read_sysctl(&mut self, path: &str) -> Result<String>;
+    fn write_sysctl(&mut self, path: &str, value: &str) -> Result<()>;
+    /// Ok(true): this call added the rule.
+    fn masq_ensure(&mut self, network: &str, subnet: &IpNet) -> Result<bool>;
+    fn masq_remove(&mut self, network: &str, subnet: &IpNet) -> Result<usize>;
+}
+
+/// The real kernel: a netlink socket in the calling thread's namespace.
+pub struct Real {
+    pub nl: Netlink,
+}
+
+impl Real {
+    pub fn open() -> Result<Real> {
+        Ok(Real {
+            nl: Netlink::open()?,
+        })
+    }
+}
+
+/// Inside the pod: lo up, addresses on the pod interface, routes. Returns its link.
+fn configure_pod_here(p: &Plan) -> Result<Link> {
+    let mut nl = Netlink::open()?;
+    if let Some(lo) = nl.link_by_name("lo")? {
+        if !lo.up {
+            nl.set_link(lo.index, true, None)?;
+        }
+    }
+    let eth = nl.link_by_name(&p.ifname)?.ok_or_else(|| Error::Netlink {
+        op: format!("find {} in the pod", p.ifname),
+        source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
+    })?;
+    // An IPv4-only pod gets no IPv6 link-local address (as Docker does): its DAD and MLD
+    // multicast would be flooded to every pod on the bridge, O(pods) work per new pod.
+    if !eth.up && !p.pod_addrs.iter().any(|a| a.addr().is_ipv6()) {
+        nl.disable_ipv6_addrgen(eth.index)?;
+    }
+    for a in &p.pod_addrs {
+        nl.add_address(eth.index, *a)?;
+    }
+    if !eth.up {
+        nl.set_link(eth.index, true, None)?;
+    }
+    for r in &p.pod_routes {
+        nl.add_route(r.dst, r.gw, eth.index)?;
+    }
+    Ok(eth)
+}
+
+impl Kernel for Real {
+    fn link(&mut self, name: &str) -> Result<Option<Link>> {
+        self.nl.link_by_name(name)
+    }
+    fn links(&mut self) -> Result<Vec<Link>> {
+        self.nl.links()
+    }
+    fn create_bridge(&mut self, name: &str, mtu: Option<u32>, mac: [u8; 6]) -> Result<bool> {
+        self.nl.create_bridge(name, mtu, mac)
+    }
+    fn set_up(&mut self, index: u32) -> Result<()> {
+        self.nl.set_link(index, true, None)
+    }
+    fn set_down(&mut self, index: u32) -> Result<()> {
+        self.nl.set_down(index)
+    }
+    fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
+        self.nl.set_link(index, false, Some(alias))
+    }
+    fn add_address(&mut self, index: u32, addr: IpNet) -> Result<bool> {
+        self.nl.add_address(index, addr)
+    }
+    fn del_address(&mut self, index: u32, addr: IpNet) -> Result<bool> {
+        self.nl.del_address(index, addr)
+    }
+    fn delete_link(&mut self, index: u32) -> Result<bool> {
+        self.nl.delete_link_index(index)
+    }
+    fn create_veth(&mut self, v: &VethSpec, pod: &NetNs) -> Result<Link> {
+        self.nl.create_veth(
+            &v.host,
+            &v.host_alias,
+            &v.peer,
+            &v.peer_alias,
+            pod,
+            v.mtu,
+            v.controller,
+        )
+    }
+    fn bring_up_port(&mut self, index: u32, hairpin: bool) -> Result<()> {
+        self.nl.bring_up_port(index, hairpin)
+    }
+    fn configure_pod(&mut self, pod: &NetNs, p: &Plan) -> Result<Link> {
+        netns::run_in(pod, || configure_pod_here(p))?
+    }
+    fn delete_pod_link(&mut self, pod: &NetNs, ifname: &str, alias: &str) -> Result<bool> {
+        netns::run_in(pod, || -> Result<bool> {
+            let mut nl = Netlink::open()?;
+            match nl.link_by_name(ifname)? {
+                Some(l) if l.alias.as_deref() == Some(alias) => nl.delete_link_index(l.index),
+                Some(_) => {
+                    eprintln!(
+                        "runtime-shim: teardown: leaving {ifname} in the pod alone: it does \
+                         not carry podwire's marker for this attachment"
+                    );
+                    Ok(false)
+                }
+                None => Ok(false),
+            }
+        })?
+    }
+    fn read_sysctl(&mut self, path: &str) -> Result<String> {
+        let s = crate::read_regular(std::path::Path::new(path), 4096)?;
+        Ok(String::from_utf8_lossy(&s).trim().to_string())
+    }
+    fn write_sysctl(&mut self, path: &str, value: &str) -> Result<()> {
+        fs::write(path, value).map_err(|e| Error::io("write sysctl", path, e))
+    }
+    fn masq_ensure(&mut self, network: &str, subnet: &IpNet) -> Result<bool> {
+        masq::ensure(network, subnet)
+    }
+    fn masq_remove(&mut self, network: &str, subnet: &IpNet) -> Result<usize> {
+        masq::remove(network, subnet)
+    }
+}
+
+/// The forwarding sysctl of a family.
+pub fn forwarding_sysctl(v4: bool) -> &'static str {
+    if v4 {
+        "/proc/sys/net/ipv4/ip_forward"
+    } else {
+        "/proc/sys/net/ipv6/conf/all/forwarding"
+    }
+}
