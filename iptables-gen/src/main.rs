@@ -63,8 +63,8 @@ struct Cli {
     #[arg(long)]
     iptables_localhost_nodeports: Option<bool>,
     /// IPv4 or IPv6.
-    #[arg(long, default_value = "IPv4")]
-    ip_family: String,
+    #[arg(long, value_enum, default_value = "IPv4")]
+    ip_family: IpFamilyArg,
     /// `--random-fully` on the MASQUERADE rule (default: if the host's iptables has it).
     #[arg(long)]
     random_fully: Option<bool>,
@@ -133,16 +133,7 @@ fn build_config(cli: &Cli) -> Result<Config> {
     };
     let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
     let mut c = Config {
-        family: match cli.ip_family.as_str() {
-            "IPv4" => Family::V4,
-            "IPv6" => Family::V6,
-            other => {
-                return Err(opt_err(
-                    "--ip-family",
-                    format!("{other:?} is not IPv4 or IPv6"),
-                ));
-            }
-        },
+        family: cli.ip_family.into(),
         ..Config::default()
     };
     c.node_name = match cli
@@ -515,11 +506,26 @@ fn read_inputs(files: &[PathBuf]) -> Result<model::Objects> {
     Ok(objs)
 }
 
+/// `--ip-family`, one value enum for every mode (`--commit` included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum IpFamilyArg {
+    #[value(name = "IPv4")]
+    V4,
+    #[value(name = "IPv6")]
+    V6,
+}
+
+impl From<IpFamilyArg> for Family {
+    fn from(f: IpFamilyArg) -> Family {
+        match f {
+            IpFamilyArg::V4 => Family::V4,
+            IpFamilyArg::V6 => Family::V6,
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
-    let family = match cli.ip_family.as_str() {
-        "IPv6" => Family::V6,
-        _ => Family::V4,
-    };
+    let family: Family = cli.ip_family.into();
     if cli.commit {
         let dir = cli
             .state_dir

@@ -256,7 +256,43 @@ pub fn is_iana_svc_name(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// A label value as the API server accepts it: empty, or at most 63 of
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`.
+pub fn is_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+/// A label key: an optional DNS-1123 subdomain prefix and `/`, then a name that is a
+/// non-empty label value.
+pub fn is_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
 fn check_meta(m: &Meta, service_name: bool) -> Result<(), String> {
+    for (k, v) in &m.labels {
+        if !is_label_key(k) {
+            return Err(format!(
+                "metadata.labels key {:?} is invalid",
+                k.escape_debug().to_string()
+            ));
+        }
+        if !is_label_value(v) {
+            return Err(format!(
+                "metadata.labels[{:?}] value {:?} is invalid",
+                k.escape_debug().to_string(),
+                v.escape_debug().to_string()
+            ));
+        }
+    }
     if !is_dns1123_label(&m.namespace) {
         return Err(format!(
             "metadata.namespace {:?} is not a DNS-1123 label",
@@ -362,8 +398,35 @@ fn validate_service(s: &Service) -> Result<(), String> {
     Ok(())
 }
 
+/// Addresses the API server refuses in an EndpointSlice (so kube-proxy never sees them):
+/// unspecified, loopback, link-local and link-local multicast.
+fn forbidden_endpoint(ip: IpAddr) -> Option<&'static str> {
+    let v6_link_local_mc = |a: &std::net::Ipv6Addr| a.segments()[0] & 0xff0f == 0xff02;
+    match ip {
+        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V4(a) if a.is_link_local() => Some("link-local"),
+        IpAddr::V4(a) if a.octets()[..3] == [224, 0, 0] => Some("link-local multicast"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V6(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some("link-local"),
+        IpAddr::V6(a) if v6_link_local_mc(&a) => Some("link-local multicast"),
+        _ => None,
+    }
+}
+
 fn validate_slice(s: &EndpointSlice) -> Result<(), String> {
     check_meta(&s.metadata, false)?;
+    for (i, e) in s.endpoints.as_deref().unwrap_or(&[]).iter().enumerate() {
+        for (j, a) in e.addresses.iter().enumerate() {
+            if let Some(why) = parse_ip_sloppy(a).and_then(forbidden_endpoint) {
+                return Err(format!(
+                    "endpoints[{i}].addresses[{j}] {a} is a {why} address (the API server \
+                     refuses it)"
+                ));
+            }
+        }
+    }
     for (i, p) in s.ports.as_deref().unwrap_or(&[]).iter().enumerate() {
         if let Some(name) = p.name.as_deref() {
             if !name.is_empty() && !is_iana_svc_name(name) {
@@ -415,6 +478,60 @@ pub fn parse_cidr_sloppy(s: &str) -> Option<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_and_endpoint_addresses_the_api_server_refuses_are_skipped() {
+        let slice = |labels: &str, addr: &str| {
+            format!(
+                r#"{{"kind":"EndpointSlice","metadata":{{"name":"s","namespace":"ns","labels":{labels}}},
+                   "addressType":"IPv4","endpoints":[{{"addresses":["{addr}"]}}],"ports":[]}}"#
+            )
+        };
+        let good = r#"{"kubernetes.io/service-name":"web","app.kubernetes.io/part-of":"x_y.z"}"#;
+        for (labels, addr, ok) in [
+            (good, "10.1.2.3", true),
+            (
+                r#"{"kubernetes.io/service-name":"web\nc KUBE-SVC-X"}"#,
+                "10.1.2.3",
+                false,
+            ),
+            (
+                r#"{"kubernetes.io/service-name":"-web"}"#,
+                "10.1.2.3",
+                false,
+            ),
+            (r#"{"bad key/x/y":"v"}"#, "10.1.2.3", false),
+            (r#"{"a/":"v"}"#, "10.1.2.3", false),
+            (good, "0.0.0.0", false),
+            (good, "127.0.0.1", false),
+            (good, "169.254.1.1", false),
+            (good, "224.0.0.251", false),
+            (good, "224.0.1.1", true),
+        ] {
+            let mut o = Objects::default();
+            parse(slice(labels, addr).as_bytes(), &mut o).unwrap();
+            assert_eq!(o.slices.len() == 1, ok, "{labels} {addr}: {:?}", o.rejected);
+            assert_eq!(o.rejected.len() == 1, !ok);
+            assert!(
+                o.rejected.iter().all(|r| !r.contains('\n')),
+                "{:?}",
+                o.rejected
+            );
+        }
+        for (ip, bad) in [
+            ("::", true),
+            ("::1", true),
+            ("fe80::1", true),
+            ("ff02::1", true),
+            ("fd00::1", false),
+        ] {
+            assert_eq!(
+                forbidden_endpoint(ip.parse().unwrap()).is_some(),
+                bad,
+                "{ip}"
+            );
+        }
+    }
 
     #[test]
     fn sloppy_ips() {

@@ -49,7 +49,15 @@ pub fn render(st: &SyncState, f: Family) -> String {
             Some((a, b)) => (a.as_str(), b.as_str()),
             None => ("-", "-"),
         };
-        let _ = writeln!(out, "s {:016x} {} {k} {spn} {proto}", s.digest, s.endpoints);
+        let _ = writeln!(
+            out,
+            "s {:016x} {} {} {} {}",
+            s.digest,
+            s.endpoints,
+            encode(k),
+            encode(spn),
+            encode(proto)
+        );
         for c in &s.chains {
             out.push_str("c ");
             out.push_str(c);
@@ -64,6 +72,44 @@ fn plain(t: &str) -> bool {
     !t.is_empty()
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-./:_".contains(&b))
+}
+
+/// Object content in the file is percent-encoded outside the plain set: whatever a name
+/// or label holds (a newline, a space), it stays one token of one line and can never
+/// forge a record.
+fn encode(t: &str) -> String {
+    let mut out = String::with_capacity(t.len());
+    for b in t.bytes() {
+        if b.is_ascii_alphanumeric() || b"-./:_".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() { "%".into() } else { out }
+}
+
+/// The inverse of [`encode`]; None for anything it cannot have written.
+fn decode(t: &str) -> Option<String> {
+    if t == "%" {
+        return Some(String::new());
+    }
+    let b = t.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else if b[i].is_ascii_alphanumeric() || b"-./:_".contains(&b[i]) {
+            out.push(b[i]);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 pub fn parse(text: &str, f: Family, path: &Path) -> Result<SyncState> {
@@ -104,9 +150,11 @@ pub fn parse(text: &str, f: Family, path: &Path) -> Result<SyncState> {
                 let [key, spn, proto] = rest[..] else {
                     return Err(corrupt(format!("line {n}: bad service line")));
                 };
-                if ![key, spn, proto].iter().all(|x| plain(x)) {
+                let (Some(key), Some(spn), Some(proto)) = (decode(key), decode(spn), decode(proto))
+                else {
                     return Err(corrupt(format!("line {n}: bad service line")));
-                }
+                };
+                let (key, spn, proto) = (key.as_str(), spn.as_str(), proto.as_str());
                 let order = (spn != "-").then(|| (spn.to_string(), proto.to_string()));
                 cur = Some((
                     key.to_string(),
@@ -190,6 +238,33 @@ pub fn invalidate(dir: &Path, f: Family) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_content_cannot_forge_a_record() {
+        let mut st = SyncState::default();
+        let evil = "ns/x\nc KUBE-SVC-LIVECHAIN0000000\ns 0 0 a b c";
+        st.services.insert(
+            evil.into(),
+            Arc::new(ServiceState {
+                digest: 1,
+                endpoints: 0,
+                order: Some(("p q".into(), "tcp".into())),
+                chains: vec!["KUBE-SVC-ABC".into()],
+                shared: None,
+            }),
+        );
+        let text = render(&st, Family::V4);
+        assert_eq!(text.lines().count(), 5, "{text}");
+        let back = parse(&text, Family::V4, Path::new("s")).unwrap();
+        let (k, s) = back.services.iter().next().unwrap();
+        assert_eq!(&**k, evil);
+        assert_eq!(s.chains, vec!["KUBE-SVC-ABC".to_string()]);
+        assert_eq!(s.order, Some(("p q".into(), "tcp".into())));
+        for t in ["a", "%0A", "-", "ns/name", "%", "x/y%20%0A"] {
+            assert_eq!(encode(&decode(t).unwrap()), t);
+        }
+        assert!(decode("%4").is_none() && decode("a b").is_none() && decode("%zz").is_none());
+    }
 
     fn sample() -> SyncState {
         let mut st = SyncState {

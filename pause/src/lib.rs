@@ -120,7 +120,7 @@ pub fn run(args: sys::Args) -> ! {
     }
     if sys::getpid() != 1 {
         // Not fatal (kubernetes' pause carries on too), e.g. under `docker run --pid=host`.
-        let _ = sys::write(2, WARN_NOT_PID1);
+        let _ = sys::write_nonblocking(2, WARN_NOT_PID1);
     }
     if sys::chdir_root().is_err() {
         sys::exit(exit_code::CHDIR);
@@ -135,7 +135,7 @@ pub fn run(args: sys::Args) -> ! {
         match sys::wait_signal(mask) {
             Ok(sig) => match action_for(sig) {
                 Action::Exit => {
-                    let _ = sys::write(2, shutdown_line(sig));
+                    let _ = sys::write_nonblocking(2, shutdown_line(sig));
                     sys::exit(0);
                 }
                 Action::Reap => reap_all(),
@@ -175,6 +175,11 @@ mod tests {
     #[test]
     fn syscall_numbers_match_libc() {
         assert_eq!(sys::nr::WRITE as i64, libc::SYS_write);
+        assert_eq!(sys::nr::CLOSE as i64, libc::SYS_close);
+        assert_eq!(sys::nr::FSTAT as i64, libc::SYS_fstat);
+        assert_eq!(sys::nr::POLL as i64, libc::SYS_poll);
+        assert_eq!(sys::nr::SENDTO as i64, libc::SYS_sendto);
+        assert_eq!(sys::nr::OPENAT as i64, libc::SYS_openat);
         assert_eq!(sys::nr::RT_SIGPROCMASK as i64, libc::SYS_rt_sigprocmask);
         assert_eq!(sys::nr::GETPID as i64, libc::SYS_getpid);
         assert_eq!(sys::nr::WAIT4 as i64, libc::SYS_wait4);

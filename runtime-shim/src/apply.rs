@@ -60,27 +60,35 @@ impl std::fmt::Display for Step {
     }
 }
 
-/// The marker (ifalias) on a host veth: which network made it. GC and teardown touch
-/// no link without it.
-pub fn host_marker(network: &str) -> String {
-    format!("podwire/{network}")
+/// The marker on a host veth: its MAC address, a digest of the network and the link's
+/// name, set in the request that creates it. GC and teardown touch no link without it.
+pub fn host_marker(network: &str, host_veth: &str) -> [u8; 6] {
+    marker_mac("host", network, host_veth)
 }
 
-/// The marker on the pod end: the network and the host end it was created with.
-pub fn pod_marker(network: &str, host_veth: &str) -> String {
-    format!("podwire/{network}/{host_veth}")
+/// The marker on the pod end (its MAC address), from the same attachment.
+pub fn pod_marker(network: &str, host_veth: &str) -> [u8; 6] {
+    marker_mac("pod", network, host_veth)
+}
+
+fn marker_mac(end: &str, network: &str, host_veth: &str) -> [u8; 6] {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("podwire-veth\0{end}\0{network}\0{host_veth}").as_bytes());
+    // Locally administered, unicast.
+    [0x02 | (d[0] & 0xfc), d[1], d[2], d[3], d[4], d[5]]
 }
 
 /// Is `l` a host veth this network made?
 pub fn is_ours(l: &Link, network: &str) -> bool {
-    l.kind.as_deref() == Some("veth") && l.alias.as_deref() == Some(host_marker(network).as_str())
+    l.kind.as_deref() == Some("veth") && l.mac == Some(host_marker(network, &l.name))
 }
 
 /// What a setup has done so far, newest last.
 enum Undo {
     Release(Vec<IpAddr>),
     DeleteLink(u32),
-    DeleteBridgeIfUnused(u32),
+    /// A bridge this call created (by name: its lookup may be what failed).
+    DeleteBridgeIfUnused(String),
     /// A gateway address this call put on a bridge that already existed.
     BridgeAddress(u32, IpNet),
     /// This call set an existing bridge up.
@@ -125,8 +133,13 @@ impl Txn<'_> {
                 Undo::Release(ips) => Store::open(&self.net.data_dir, &self.net.name)
                     .map(|s| s.release_ips(ips, self.id, self.ifname)),
                 Undo::DeleteLink(index) => k.delete_link(*index).map(|_| ()),
-                Undo::DeleteBridgeIfUnused(index) => match has_ports(k, *index) {
-                    Ok(false) => k.delete_link(*index).map(|_| ()),
+                Undo::DeleteBridgeIfUnused(name) => match k.link(name) {
+                    Ok(Some(br)) if br.kind.as_deref() == Some("bridge") => {
+                        match has_ports(k, br.index) {
+                            Ok(false) => k.delete_link(br.index).map(|_| ()),
+                            other => other.map(|_| ()),
+                        }
+                    }
                     other => other.map(|_| ()),
                 },
                 // Shared node state is given back only while no other pod relies on it.
@@ -153,10 +166,9 @@ impl Txn<'_> {
 
 /// Does any pod of any podwire network still hang off this node?
 fn any_podwire_veth(k: &mut dyn Kernel) -> Result<bool> {
-    Ok(k
-        .links()?
+    Ok(k.links()?
         .iter()
-        .any(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("podwire/"))))
+        .any(|l| l.kind.as_deref() == Some("veth") && crate::gc::is_podwire_veth(&l.name)))
 }
 
 /// Make sure the bridge exists, is up and carries the gateway addresses, pushing an undo
@@ -165,14 +177,13 @@ fn ensure_bridge(k: &mut dyn Kernel, p: &Plan, undo: &mut Vec<Undo>) -> Result<L
     let br = match k.link(&p.bridge)? {
         Some(l) => l,
         None => {
-            let created = k.create_bridge(&p.bridge, p.mtu, p.bridge_mac)?;
+            if k.create_bridge(&p.bridge, p.mtu, p.bridge_mac)? {
+                undo.push(Undo::DeleteBridgeIfUnused(p.bridge.clone()));
+            }
             let br = k.link(&p.bridge)?.ok_or_else(|| Error::Netlink {
                 op: format!("bridge {} vanished right after creation", p.bridge),
                 source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
             })?;
-            if created {
-                undo.push(Undo::DeleteBridgeIfUnused(br.index));
-            }
             check_is_bridge(&br, &p.bridge)?;
             br
         }
@@ -299,9 +310,9 @@ pub fn setup_with(
     let host_link = t.step(k, Step::CreateVeth, |k, undo| {
         let v = VethSpec {
             host: p.host_veth.clone(),
-            host_alias: host_marker(&net.name),
+            host_mac: host_marker(&net.name, &p.host_veth),
             peer: p.ifname.clone(),
-            peer_alias: pod_marker(&net.name, &p.host_veth),
+            peer_mac: pod_marker(&net.name, &p.host_veth),
             mtu: p.mtu,
             controller: br.index,
         };
@@ -398,7 +409,10 @@ pub fn teardown(net: &Network, netns_path: Option<&Path>, id: &str, ifname: &str
             // Gone (poststop), a stale pin, or not a namespace: teardown works by id.
             Err(e) => {
                 if !matches!(e, netns::Error::NotFound { .. }) {
-                    eprintln!("runtime-shim: teardown: ignoring netns {}: {e}", path.display());
+                    eprintln!(
+                        "runtime-shim: teardown: ignoring netns {}: {e}",
+                        path.display()
+                    );
                 }
                 None
             }
@@ -446,7 +460,7 @@ pub fn teardown_with(
     if matches!(deleted, Ok(false)) {
         if let Some(pod) = pod {
             keep(
-                k.delete_pod_link(pod, ifname, &pod_marker(&net.name, &host))
+                k.delete_pod_link(pod, ifname, pod_marker(&net.name, &host))
                     .map(|_| ()),
             );
         }
@@ -539,4 +553,370 @@ pub fn check(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::config::NetConf;
+
+    /// An in-memory node and pod whose every call can be made to fail.
+    #[derive(Clone, Default)]
+    struct Fake {
+        links: Vec<Link>,
+        addrs: BTreeSet<(u32, IpNet)>,
+        sysctls: BTreeMap<String, String>,
+        masq: BTreeSet<(String, IpNet)>,
+        /// The pod's links: (name, MAC, up, addresses).
+        pod: Vec<(String, [u8; 6], bool, Vec<IpNet>)>,
+        next: u32,
+        calls: usize,
+        fail_at: Option<usize>,
+    }
+
+    type Snapshot = (
+        Vec<(String, bool, Option<String>, Option<u32>, Option<String>)>,
+        BTreeSet<(u32, IpNet)>,
+        BTreeMap<String, String>,
+        BTreeSet<(String, IpNet)>,
+        Vec<(String, [u8; 6], bool, Vec<IpNet>)>,
+    );
+
+    impl Fake {
+        fn node(forwarding: &str) -> Fake {
+            let mut f = Fake {
+                next: 10,
+                ..Default::default()
+            };
+            f.sysctls
+                .insert(forwarding_sysctl(true).into(), forwarding.into());
+            f.sysctls
+                .insert(forwarding_sysctl(false).into(), forwarding.into());
+            f.add_link("eth0", None, true);
+            f
+        }
+        fn add_link(&mut self, name: &str, kind: Option<&str>, up: bool) -> u32 {
+            self.next += 1;
+            self.links.push(Link {
+                index: self.next,
+                name: name.into(),
+                mac: Some([2, 0, 0, 0, 0, self.next as u8]),
+                mtu: Some(1500),
+                controller: None,
+                up,
+                alias: None,
+                kind: kind.map(String::from),
+            });
+            self.next
+        }
+        fn call(&mut self, what: &str) -> Result<()> {
+            let n = self.calls;
+            self.calls += 1;
+            if self.fail_at == Some(n) {
+                return Err(Error::Netlink {
+                    op: format!("injected failure of call {n} ({what})"),
+                    source: std::io::Error::from_raw_os_error(nix::libc::EIO),
+                });
+            }
+            Ok(())
+        }
+        fn by_index(&mut self, index: u32) -> Result<&mut Link> {
+            self.links
+                .iter_mut()
+                .find(|l| l.index == index)
+                .ok_or_else(|| Error::Netlink {
+                    op: format!("no link {index}"),
+                    source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
+                })
+        }
+        fn snapshot(&self) -> Snapshot {
+            let mut links: Vec<_> = self
+                .links
+                .iter()
+                .map(|l| {
+                    (
+                        l.name.clone(),
+                        l.up,
+                        l.alias.clone(),
+                        l.controller,
+                        l.kind.clone(),
+                    )
+                })
+                .collect();
+            links.sort();
+            (
+                links,
+                self.addrs.clone(),
+                self.sysctls.clone(),
+                self.masq.clone(),
+                self.pod.clone(),
+            )
+        }
+    }
+
+    impl Kernel for Fake {
+        fn link(&mut self, name: &str) -> Result<Option<Link>> {
+            self.call("link")?;
+            Ok(self.links.iter().find(|l| l.name == name).cloned())
+        }
+        fn links(&mut self) -> Result<Vec<Link>> {
+            self.call("links")?;
+            Ok(self.links.clone())
+        }
+        fn create_bridge(&mut self, name: &str, _: Option<u32>, _: [u8; 6]) -> Result<bool> {
+            self.call("create bridge")?;
+            if self.links.iter().any(|l| l.name == name) {
+                return Ok(false);
+            }
+            self.add_link(name, Some("bridge"), true);
+            Ok(true)
+        }
+        fn set_up(&mut self, index: u32) -> Result<()> {
+            self.call("set up")?;
+            self.by_index(index)?.up = true;
+            Ok(())
+        }
+        fn set_down(&mut self, index: u32) -> Result<()> {
+            self.call("set down")?;
+            self.by_index(index)?.up = false;
+            Ok(())
+        }
+        fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
+            self.call("set alias")?;
+            self.by_index(index)?.alias = Some(alias.into());
+            Ok(())
+        }
+        fn add_address(&mut self, index: u32, addr: IpNet) -> Result<bool> {
+            self.call("add address")?;
+            Ok(self.addrs.insert((index, addr)))
+        }
+        fn del_address(&mut self, index: u32, addr: IpNet) -> Result<bool> {
+            self.call("del address")?;
+            Ok(self.addrs.remove(&(index, addr)))
+        }
+        fn delete_link(&mut self, index: u32) -> Result<bool> {
+            self.call("delete link")?;
+            let Some(pos) = self.links.iter().position(|l| l.index == index) else {
+                return Ok(false);
+            };
+            let l = self.links.remove(pos);
+            self.addrs.retain(|(i, _)| *i != index);
+            // A veth's peer goes with it.
+            if l.kind.as_deref() == Some("veth") {
+                self.pod.clear();
+            }
+            Ok(true)
+        }
+        fn create_veth(&mut self, v: &VethSpec, _: &NetNs) -> Result<Link> {
+            self.call("create veth")?;
+            if self.pod.iter().any(|p| p.0 == v.peer) {
+                return Err(Error::Netlink {
+                    op: "create veth".into(),
+                    source: std::io::Error::from_raw_os_error(nix::libc::EEXIST),
+                });
+            }
+            let i = self.add_link(&v.host, Some("veth"), false);
+            let l = self.by_index(i)?;
+            l.mac = Some(v.host_mac);
+            l.controller = Some(v.controller);
+            let l = l.clone();
+            self.pod
+                .push((v.peer.clone(), v.peer_mac, false, Vec::new()));
+            Ok(l)
+        }
+        fn bring_up_port(&mut self, index: u32, _: bool) -> Result<()> {
+            self.call("bring up port")?;
+            self.by_index(index)?.up = true;
+            Ok(())
+        }
+        fn configure_pod(&mut self, _: &NetNs, p: &Plan) -> Result<Link> {
+            self.call("configure pod")?;
+            let eth = self
+                .pod
+                .iter_mut()
+                .find(|x| x.0 == p.ifname)
+                .ok_or_else(|| Error::Check("no pod link".into()))?;
+            eth.2 = true;
+            eth.3 = p.pod_addrs.clone();
+            Ok(Link {
+                index: 2,
+                name: p.ifname.clone(),
+                mac: None,
+                mtu: None,
+                controller: None,
+                up: true,
+                alias: None,
+                kind: Some("veth".into()),
+            })
+        }
+        fn delete_pod_link(&mut self, _: &NetNs, ifname: &str, mac: [u8; 6]) -> Result<bool> {
+            self.call("delete pod link")?;
+            let before = self.pod.len();
+            self.pod.retain(|x| !(x.0 == ifname && x.1 == mac));
+            Ok(self.pod.len() != before)
+        }
+        fn read_sysctl(&mut self, path: &str) -> Result<String> {
+            self.call("read sysctl")?;
+            Ok(self.sysctls.get(path).cloned().unwrap_or_default())
+        }
+        fn write_sysctl(&mut self, path: &str, value: &str) -> Result<()> {
+            self.call("write sysctl")?;
+            self.sysctls.insert(path.into(), value.into());
+            Ok(())
+        }
+        fn masq_ensure(&mut self, network: &str, subnet: &IpNet) -> Result<bool> {
+            self.call("masq ensure")?;
+            Ok(self.masq.insert((network.into(), *subnet)))
+        }
+        fn masq_remove(&mut self, network: &str, subnet: &IpNet) -> Result<usize> {
+            self.call("masq remove")?;
+            Ok(usize::from(self.masq.remove(&(network.into(), *subnet))))
+        }
+    }
+
+    fn net(dir: &Path, bridge: &str) -> Network {
+        let j = format!(
+            r#"{{"cniVersion":"1.0.0","name":"n1","bridge":"{bridge}","isDefaultGateway":true,
+               "ipMasq":true,"ipam":{{"type":"host-local","dataDir":"{}",
+               "ranges":[[{{"subnet":"10.7.0.0/24"}}],[{{"subnet":"fd07::/64"}}]]}}}}"#,
+            dir.display()
+        );
+        NetConf::from_slice(j.as_bytes())
+            .unwrap()
+            .validate()
+            .unwrap()
+    }
+
+    /// Every file of the network's IPAM dir but the lock and the attachment locks.
+    fn ipam_files(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir.join("n1"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| {
+                        n != "lock" && n != "attachments" && !n.starts_with("last_reserved_ip.")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn run(k: &mut Fake, net: &Network) -> Result<CniResult> {
+        let pod = NetNs::current().unwrap();
+        setup_with(k, net, &pod, Path::new("/run/netns/p"), "c1", "eth0")
+    }
+
+    /// Fail every call of a setup in turn, from nodes in several starting states: each
+    /// failure names its step and leaves the node, the pod and IPAM as they were.
+    #[test]
+    fn a_failure_at_any_call_of_any_step_undoes_everything() {
+        let fresh = Fake::node("0");
+        let mut existing_down = Fake::node("0");
+        existing_down.add_link("br9", Some("bridge"), false);
+        let mut ready = Fake::node("1");
+        let br = ready.add_link("br9", Some("bridge"), true);
+        ready.addrs.insert((br, "10.7.0.1/24".parse().unwrap()));
+        let mut failed_steps = BTreeSet::new();
+        for initial in [fresh, existing_down, ready] {
+            let d = tempfile::tempdir().unwrap();
+            let n = net(d.path(), "br9");
+            // A clean run counts the calls.
+            let mut ok = initial.clone();
+            run(&mut ok, &n).unwrap();
+            let total = ok.calls;
+            assert!(ok.masq.len() == 2 && ok.pod.len() == 1);
+            Store::open(&n.data_dir, &n.name)
+                .unwrap()
+                .release("c1", "eth0")
+                .unwrap();
+            for fail_at in 0..total {
+                let mut k = initial.clone();
+                k.fail_at = Some(fail_at);
+                let e = run(&mut k, &n).unwrap_err();
+                if let Error::Step { step, .. } = &e {
+                    failed_steps.insert(*step);
+                }
+                assert_eq!(
+                    k.snapshot(),
+                    initial.snapshot(),
+                    "call {fail_at} failed ({e}): the node or pod was left changed"
+                );
+                assert!(
+                    ipam_files(d.path()).is_empty(),
+                    "call {fail_at} ({e}): {:?} left in IPAM",
+                    ipam_files(d.path())
+                );
+            }
+        }
+        // The reservation step fails on its own (no kernel call): a file where the
+        // network's IPAM dir should be.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("n1"), "").unwrap();
+        let mut k = Fake::node("0");
+        let before = k.snapshot();
+        match run(&mut k, &net(d.path(), "br9")).unwrap_err() {
+            Error::Step { step, .. } => {
+                failed_steps.insert(step);
+            }
+            e => panic!("{e}"),
+        }
+        assert_eq!(k.snapshot(), before);
+        assert_eq!(
+            failed_steps.into_iter().collect::<Vec<_>>(),
+            Step::ALL.to_vec(),
+            "every step's rollback was exercised"
+        );
+    }
+
+    #[test]
+    fn a_non_bridge_link_named_as_the_bridge_is_refused_before_any_change() {
+        for kind in [None, Some("veth"), Some("dummy")] {
+            let d = tempfile::tempdir().unwrap();
+            let mut k = Fake::node("0");
+            if let Some(kind) = kind {
+                k.add_link("br9", Some(kind), true);
+            }
+            let name = if kind.is_none() { "eth0" } else { "br9" };
+            let before = k.snapshot();
+            let e = run(&mut k, &net(d.path(), name)).unwrap_err();
+            assert!(
+                matches!(&e, Error::Config { field, .. } if field == "bridge"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("not a bridge"), "{e}");
+            assert_eq!(k.snapshot(), before);
+            assert!(ipam_files(d.path()).is_empty());
+        }
+    }
+
+    #[test]
+    fn teardown_deletes_only_links_with_this_attachments_marker() {
+        let d = tempfile::tempdir().unwrap();
+        let n = net(d.path(), "br9");
+        let host = crate::plan::host_veth_name("c1", "eth0");
+        let pod = NetNs::current().unwrap();
+        // A node link (no marker) named like the host veth, and a pod "eth0" without a
+        // marker: both stay.
+        let mut k = Fake::node("1");
+        k.add_link(&host, Some("veth"), true);
+        k.pod
+            .push(("eth0".into(), [2, 0, 0, 0, 0, 1], true, Vec::new()));
+        let before = k.snapshot();
+        teardown_with(&mut k, &n, Some(&pod), "c1", "eth0").unwrap();
+        assert_eq!(k.snapshot(), before);
+        // Another network's veth of the same name stays too.
+        let other = host_marker("other", &host);
+        k.links.last_mut().unwrap().mac = Some(other);
+        let before = k.snapshot();
+        teardown_with(&mut k, &n, Some(&pod), "c1", "eth0").unwrap();
+        assert_eq!(k.snapshot(), before);
+        // What setup made goes, the pod end with it.
+        let mut k = Fake::node("1");
+        run(&mut k, &n).unwrap();
+        teardown_with(&mut k, &n, Some(&pod), "c1", "eth0").unwrap();
+        assert!(k.links.iter().all(|l| l.name != host) && k.pod.is_empty());
+        assert!(ipam_files(d.path()).is_empty());
+    }
 }

@@ -1,7 +1,7 @@
 //! Garbage collection (CNI GC, and recovery after a crash): everything of a network that
 //! does not belong to a valid attachment goes. That is every IPAM reservation whose
 //! (container id, ifname) is not listed, and every host veth *of this network* (it carries
-//! the network's marker, set when it was created) that no listed or still-reserved
+//! the network's marker, its MAC address set when it was created) that no listed or still-reserved
 //! attachment hashes to (a setup killed after creating the link but before returning, or
 //! a teardown killed half way). Another network's pods on a shared bridge are never
 //! touched.
@@ -15,8 +15,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::config::Network;
 use crate::apply::is_ours;
+use crate::config::Network;
 use crate::ipam::{AttachmentLock, Store};
 use crate::link::Netlink;
 use crate::plan::host_veth_name;
@@ -71,7 +71,7 @@ impl fmt::Display for GcReport {
 }
 
 /// Is a podwire host veth name: "pw" + 12 lowercase hex digits.
-fn is_podwire_veth(name: &str) -> bool {
+pub fn is_podwire_veth(name: &str) -> bool {
     name.len() == 14
         && name.starts_with("pw")
         && name[2..]

@@ -74,10 +74,7 @@ fn create_tmp(dir: &Path, tag: &str) -> io::Result<(PathBuf, File)> {
     let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
     for _ in 0..16 {
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = dir.join(format!(
-            ".tmp-{}-{n}-{nanos:08x}-{tag}",
-            std::process::id()
-        ));
+        let p = dir.join(format!(".tmp-{}-{n}-{nanos:08x}-{tag}", std::process::id()));
         match nofollow().write(true).create_new(true).mode(0o644).open(&p) {
             Ok(f) => return Ok((p, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
@@ -307,11 +304,14 @@ impl Store {
         let mut fresh: Vec<IpAddr> = Vec::new();
         for (set, ranges) in net.range_sets.iter().enumerate() {
             let reuse = held.iter().find_map(|ip| {
-                ranges.iter().find(|r| r.contains(*ip) && *ip != r.gateway).map(|r| Allocation {
-                    ip: *ip,
-                    range: r.clone(),
-                    set,
-                })
+                ranges
+                    .iter()
+                    .find(|r| r.contains(*ip) && *ip != r.gateway)
+                    .map(|r| Allocation {
+                        ip: *ip,
+                        range: r.clone(),
+                        set,
+                    })
             });
             if let Some(a) = reuse {
                 got.push(a);
@@ -651,6 +651,53 @@ mod tests {
         let d2 = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(d.path(), d2.path().join("t")).unwrap();
         assert!(Store::open(d2.path(), "t").is_err());
+    }
+
+    #[test]
+    fn a_retried_add_reuses_its_reservation_and_keeps_one_per_set() {
+        let d = tempfile::tempdir().unwrap();
+        let n = net(
+            d.path(),
+            r#"[[{"subnet":"10.9.0.0/24"}],[{"subnet":"fd00:9::/120"}]]"#,
+        );
+        let s = Store::open(&n.data_dir, &n.name).unwrap();
+        let first = s.allocate(&n, "c1", "eth0").unwrap();
+        // The ADD was killed after reserving; a stray extra reservation of the same
+        // attachment (an older bug, or a host-local record) is there too.
+        assert!(
+            s.reserve("10.9.0.77".parse().unwrap(), "c1", "eth0")
+                .unwrap()
+        );
+        let again = s.allocate(&n, "c1", "eth0").unwrap();
+        assert_eq!(
+            again.iter().map(|a| a.ip).collect::<Vec<_>>(),
+            first.iter().map(|a| a.ip).collect::<Vec<_>>()
+        );
+        let mut held = s.get_by_id("c1", "eth0").unwrap();
+        held.sort();
+        let mut want: Vec<IpAddr> = first.iter().map(|a| a.ip).collect();
+        want.sort();
+        assert_eq!(held, want, "one reservation per range set");
+        // Another ifname of the same id is another attachment.
+        assert_ne!(s.allocate(&n, "c1", "net1").unwrap()[0].ip, first[0].ip);
+    }
+
+    #[test]
+    fn planted_fifos_never_block() {
+        let d = tempfile::tempdir().unwrap();
+        let n = net(d.path(), r#"[[{"subnet":"10.9.0.0/24"}]]"#);
+        let s = Store::open(&n.data_dir, &n.name).unwrap();
+        let fifo = |p: PathBuf| nix::unistd::mkfifo(&p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        fifo(d.path().join("t/10.9.0.2"));
+        fifo(d.path().join("t/last_reserved_ip.0"));
+        // The FIFO record is skipped (and its address stays taken); the cursor is ignored.
+        assert_eq!(
+            s.allocate(&n, "c", "eth0").unwrap()[0].ip.to_string(),
+            "10.9.0.3"
+        );
+        assert_eq!(s.records().unwrap().len(), 1);
+        assert_eq!(s.debris().unwrap(), vec![d.path().join("t/10.9.0.2")]);
+        assert!(s.release("c", "eth0").is_ok());
     }
 
     #[test]

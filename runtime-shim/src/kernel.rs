@@ -16,9 +16,9 @@ use crate::{Error, Result, masq};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VethSpec {
     pub host: String,
-    pub host_alias: String,
+    pub host_mac: [u8; 6],
     pub peer: String,
-    pub peer_alias: String,
+    pub peer_mac: [u8; 6],
     pub mtu: Option<u32>,
     pub controller: u32,
 }
@@ -39,8 +39,8 @@ pub trait Kernel {
     fn bring_up_port(&mut self, index: u32, hairpin: bool) -> Result<()>;
     /// Inside the pod: lo up, addresses and routes on the pod interface.
     fn configure_pod(&mut self, pod: &NetNs, p: &Plan) -> Result<Link>;
-    /// Inside the pod: delete `ifname` only if it carries `alias` (podwire's marker).
-    fn delete_pod_link(&mut self, pod: &NetNs, ifname: &str, alias: &str) -> Result<bool>;
+    /// Inside the pod: delete `ifname` only if it carries `mac` (podwire's marker).
+    fn delete_pod_link(&mut self, pod: &NetNs, ifname: &str, mac: [u8; 6]) -> Result<bool>;
     fn read_sysctl(&mut self, path: &str) -> Result<String>;
     fn write_sysctl(&mut self, path: &str, value: &str) -> Result<()>;
     /// Ok(true): this call added the rule.
@@ -121,9 +121,9 @@ impl Kernel for Real {
     fn create_veth(&mut self, v: &VethSpec, pod: &NetNs) -> Result<Link> {
         self.nl.create_veth(
             &v.host,
-            &v.host_alias,
+            v.host_mac,
             &v.peer,
-            &v.peer_alias,
+            v.peer_mac,
             pod,
             v.mtu,
             v.controller,
@@ -135,11 +135,11 @@ impl Kernel for Real {
     fn configure_pod(&mut self, pod: &NetNs, p: &Plan) -> Result<Link> {
         netns::run_in(pod, || configure_pod_here(p))?
     }
-    fn delete_pod_link(&mut self, pod: &NetNs, ifname: &str, alias: &str) -> Result<bool> {
+    fn delete_pod_link(&mut self, pod: &NetNs, ifname: &str, mac: [u8; 6]) -> Result<bool> {
         netns::run_in(pod, || -> Result<bool> {
             let mut nl = Netlink::open()?;
             match nl.link_by_name(ifname)? {
-                Some(l) if l.alias.as_deref() == Some(alias) => nl.delete_link_index(l.index),
+                Some(l) if l.mac == Some(mac) => nl.delete_link_index(l.index),
                 Some(_) => {
                     eprintln!(
                         "runtime-shim: teardown: leaving {ifname} in the pod alone: it does \

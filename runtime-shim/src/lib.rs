@@ -149,9 +149,23 @@ pub const NEEDED_CAPABILITIES: [caps::Capability; 4] = [
 /// ([`masq::run_tool`]). Call first thing; a process with fewer capabilities keeps what
 /// it has (and [`check_capabilities`] says what is missing).
 pub fn drop_capabilities() -> Result<()> {
+    drop_capabilities_but(&[])
+}
+
+/// What `join` needs besides [`NEEDED_CAPABILITIES`]: to read and replace a bundle's
+/// config.json that root does not own, and to give it back to its owner.
+pub const JOIN_CAPABILITIES: [caps::Capability; 3] = [
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_FOWNER,
+];
+
+/// [`drop_capabilities`], keeping `extra` too.
+pub fn drop_capabilities_but(extra: &[caps::Capability]) -> Result<()> {
     use caps::{CapSet, Capability, CapsHashSet};
     let err = |e: caps::errors::CapsError| Error::Capabilities(e.to_string());
     let mut keep: CapsHashSet = NEEDED_CAPABILITIES.into_iter().collect();
+    keep.extend(extra.iter().copied());
     keep.insert(Capability::CAP_SETPCAP);
     // Shrinking the bounding set needs CAP_SETPCAP, which goes last.
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).map_err(err)? {

@@ -267,16 +267,17 @@ impl Netlink {
     /// see [`Netlink::bring_up_port`]); its peer `peer` created directly inside the
     /// namespace `peer_ns` (an nsfs fd). Returns the host end, echoed by the kernel.
     ///
-    /// Both ends carry an alias (`host_alias`, `peer_alias`) set in the same request, so
-    /// a link that has it was provably made by this call's kind of request: teardown and
-    /// GC delete nothing without it.
+    /// Both ends get the MAC address asked for (`host_mac`, `peer_mac`) in the creating
+    /// request itself (the kernel ignores an alias there), so a marker derived from the
+    /// attachment is on the link from its first instant: teardown and GC delete nothing
+    /// without it.
     #[allow(clippy::too_many_arguments)]
     pub fn create_veth(
         &mut self,
         host: &str,
-        host_alias: &str,
+        host_mac: [u8; 6],
         peer: &str,
-        peer_alias: &str,
+        peer_mac: [u8; 6],
         peer_ns: &impl AsFd,
         mtu: Option<u32>,
         controller: u32,
@@ -286,14 +287,12 @@ impl Netlink {
         // it up from inside the pod.
         let mut p = LinkMessage::default();
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
-        p.attributes
-            .push(LinkAttribute::IfAlias(peer_alias.to_string()));
+        p.attributes.push(LinkAttribute::Address(peer_mac.to_vec()));
         p.attributes
             .push(LinkAttribute::NetNsFd(peer_ns.as_fd().as_raw_fd()));
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(host.to_string()));
-        m.attributes
-            .push(LinkAttribute::IfAlias(host_alias.to_string()));
+        m.attributes.push(LinkAttribute::Address(host_mac.to_vec()));
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
             p.attributes.push(LinkAttribute::Mtu(mtu));
@@ -402,10 +401,18 @@ impl Netlink {
         m.attributes.push(AddressAttribute::Address(addr.addr()));
         match self.request(RouteNetlinkMessage::DelAddress(m), 0) {
             Ok(_) => Ok(true),
-            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EADDRNOTAVAIL | nix::libc::ENODEV)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::EADDRNOTAVAIL | nix::libc::ENODEV)
+                ) =>
+            {
                 Ok(false)
             }
-            Err(e) => Err(nl_err(format!("remove address {addr} from link {index}"), e)),
+            Err(e) => Err(nl_err(
+                format!("remove address {addr} from link {index}"),
+                e,
+            )),
         }
     }
 

@@ -327,7 +327,11 @@ fn main() -> ExitCode {
         return cni_main();
     }
     let cli = Cli::parse();
-    if let Err(e) = runtime_shim::drop_capabilities() {
+    let extra: &[caps::Capability] = match cli.cmd {
+        Cmd::Join { .. } => &runtime_shim::JOIN_CAPABILITIES,
+        _ => &[],
+    };
+    if let Err(e) = runtime_shim::drop_capabilities_but(extra) {
         eprintln!("runtime-shim: {e}");
         return ExitCode::from(1);
     }

@@ -253,7 +253,10 @@ pub fn check_safe(
         if r.dst.prefix_len() == 0 || !inside {
             return Err(bad(
                 field(),
-                format!("{} is outside the cluster range {cluster}: not routed", r.dst),
+                format!(
+                    "{} is outside the cluster range {cluster}: not routed",
+                    r.dst
+                ),
             ));
         }
         if let Some(a) = node_addrs.iter().find(|a| r.dst.contains(&a.addr())) {

@@ -1,0 +1,671 @@
+//! Node safety: hostile or unlucky inputs never delete a node's interface, never give one
+//! address to two pods, never leave a change behind, never block. Each test fails on the
+//! code before this suite existed; all run inside throwaway node namespaces.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use podwire_tests::*;
+
+struct Net {
+    node: Node,
+    dir: TempDir,
+    name: String,
+    config: PathBuf,
+}
+
+impl Net {
+    fn new(tag: &str, subnet: &str, bridge: &str, dir: Option<&TempDir>) -> Net {
+        let node = Node::new(tag);
+        let own = TempDir::new(tag);
+        let data = dir.map(|d| d.path()).unwrap_or(own.path()).join("ipam");
+        let name = format!("pw{tag}");
+        let config = own.path().join("net.json");
+        let json = serde_json::json!({
+            "cniVersion": "1.0.0", "name": name, "type": "runtime-shim", "bridge": bridge,
+            "isDefaultGateway": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data}
+        });
+        std::fs::write(&config, json.to_string()).unwrap();
+        Net {
+            node,
+            dir: own,
+            name,
+            config,
+        }
+    }
+
+    fn shim_in(node: &Ns, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", node.path().display()))
+            .arg("--")
+            .arg(bin("runtime-shim"))
+            .args(args)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    fn shim(&self, args: &[&str]) -> Output {
+        let mut a = args.to_vec();
+        a.extend(["--config", self.config.to_str().unwrap()]);
+        Net::shim_in(&self.node.node, &a, &[])
+    }
+
+    fn setup(&self, netns: &Path, id: &str) -> Output {
+        self.shim(&["setup", "--netns", netns.to_str().unwrap(), "--id", id])
+    }
+
+    fn records(&self, data: &Path) -> Vec<String> {
+        ipam_records(&data.join("ipam"), &self.name)
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ip_of(o: &Output) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let a = v["ips"][0]["address"].as_str().unwrap();
+    a.split('/').next().unwrap().to_string()
+}
+
+/// The node's own "eth0": a (veth) link with an address, as a NIC would be.
+fn node_nic(node: &Ns) {
+    node.ok(
+        "ip",
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+        ],
+    );
+    node.ok("ip", &["addr", "add", "192.168.50.10/24", "dev", "eth0"]);
+    node.ok("ip", &["link", "set", "eth0", "up"]);
+}
+
+#[test]
+fn the_shims_own_namespace_is_refused_and_no_node_link_is_deleted() {
+    let n = Net::new("own", "10.91.0.0/24", "pwbr0", None);
+    node_nic(&n.node.node);
+    let own = "/proc/self/ns/net";
+    // teardown and setup with the caller's own namespace.
+    let o = n.shim(&[
+        "teardown",
+        "--netns",
+        own,
+        "--id",
+        "never-set-up",
+        "--ifname",
+        "eth0",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("runtime-shim itself runs in"),
+        "{}",
+        stderr(&o)
+    );
+    let o = n.setup(Path::new(own), "c1");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("runtime-shim itself runs in"),
+        "{}",
+        stderr(&o)
+    );
+    // CNI DEL and ADD likewise, with CNI error JSON.
+    let conf = std::fs::read(&n.config).unwrap();
+    for cmd in ["DEL", "ADD", "CHECK"] {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", n.node.node.path().display()))
+            .arg("--")
+            .arg(bin("runtime-shim"))
+            .envs([
+                ("CNI_COMMAND", cmd),
+                ("CNI_CONTAINERID", "c9"),
+                ("CNI_NETNS", own),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/nonexistent"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut ch = c.spawn().unwrap();
+        use std::io::Write;
+        ch.stdin.take().unwrap().write_all(&conf).unwrap();
+        let o = ch.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["code"], 4, "{cmd}: {v}");
+        assert!(v["msg"].as_str().unwrap().contains("netns"), "{cmd}: {v}");
+    }
+    // A teardown of an id never set up, with a pod namespace holding an "eth0" that is
+    // not ours: it stays.
+    let mut n = n;
+    let p = n.node.add_pod("p");
+    n.node.pod(p).ok(
+        "ip",
+        &["link", "add", "eth0", "type", "veth", "peer", "name", "e0p"],
+    );
+    let path = n.node.pod(p).path();
+    let o = n.shim(&[
+        "teardown",
+        "--netns",
+        path.to_str().unwrap(),
+        "--id",
+        "never-set-up",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(n.node.pod(p).links().contains(&"eth0".to_string()));
+    let links = n.node.node.links();
+    assert!(links.contains(&"eth0".to_string()), "{links:?}");
+    assert!(
+        !links.contains(&"pwbr0".to_string()),
+        "nothing was created: {links:?}"
+    );
+    assert!(n.records(n.dir.path()).is_empty());
+}
+
+#[test]
+fn gc_of_one_network_never_touches_another_on_the_same_bridge() {
+    let shared = TempDir::new("gcshared");
+    let mut a = Net::new("gca", "10.92.1.0/24", "pwbr0", Some(&shared));
+    // Network B lives in A's node (one bridge, cni0-style default shared).
+    let b_conf = a.dir.path().join("b.json");
+    let b_name = "pwgcb";
+    std::fs::write(
+        &b_conf,
+        serde_json::json!({
+            "cniVersion": "1.0.0", "name": b_name, "bridge": "pwbr0", "isDefaultGateway": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.92.2.0/24"}]],
+                     "dataDir": shared.path().join("ipam")}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let pa = a.node.add_pod("a");
+    let pb = a.node.add_pod("b");
+    assert!(a.setup(&a.node.pod(pa).path(), "pod-a").status.success());
+    let o = Net::shim_in(
+        &a.node.node,
+        &[
+            "setup",
+            "--netns",
+            a.node.pod(pb).path().to_str().unwrap(),
+            "--id",
+            "pod-b",
+            "--config",
+            b_conf.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // GC of A with no valid attachment: A's pod goes, B's stays whole.
+    let o = a.shim(&["gc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(podwire_veths(&a.node.node).len(), 1);
+    assert!(a.node.pod(pb).links().contains(&"eth0".to_string()));
+    assert!(!a.node.pod(pa).links().contains(&"eth0".to_string()));
+    assert_eq!(ipam_records(&shared.path().join("ipam"), b_name).len(), 1);
+    assert!(ipam_records(&shared.path().join("ipam"), &a.name).is_empty());
+    let o = Net::shim_in(
+        &a.node.node,
+        &[
+            "check",
+            "--netns",
+            a.node.pod(pb).path().to_str().unwrap(),
+            "--id",
+            "pod-b",
+            "--config",
+            b_conf.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "B still checks out: {}", stderr(&o));
+}
+
+#[test]
+fn del_racing_add_never_leaves_a_live_pod_without_its_address() {
+    let mut n = Net::new("race", "10.93.0.0/24", "pwbr0", None);
+    for i in 0..20 {
+        let p = n.node.add_pod(&format!("r{i}"));
+        let path = n.node.pod(p).path();
+        let id = format!("x{i}");
+        let (add, del) = std::thread::scope(|s| {
+            let add = s.spawn(|| n.setup(&path, &id));
+            let del = s.spawn(|| n.shim(&["teardown", "--id", &id]));
+            (add.join().unwrap(), del.join().unwrap())
+        });
+        assert!(del.status.success(), "{}", stderr(&del));
+        let veth_there = n.node.pod(p).links().contains(&"eth0".to_string());
+        let held = n.records(n.dir.path());
+        if add.status.success() && veth_there {
+            // ADD ran last: its address must still be reserved, so no other pod gets it.
+            assert!(
+                held.contains(&ip_of(&add)),
+                "{i}: live pod without its address"
+            );
+            assert!(n.shim(&["teardown", "--id", &id]).status.success());
+        }
+        assert!(n.records(n.dir.path()).is_empty(), "{i}: {held:?}");
+    }
+}
+
+#[test]
+fn a_retried_add_keeps_one_address() {
+    let mut n = Net::new("readd", "10.94.0.0/24", "pwbr0", None);
+    let a = n.node.add_pod("a");
+    let first = n.setup(&n.node.pod(a).path(), "c1");
+    assert!(first.status.success(), "{}", stderr(&first));
+    // The namespace vanishes without DEL; the runtime retries ADD in a new one (once the
+    // kernel has destroyed the old pair).
+    n.node.pods.remove(a);
+    wait_for("the old veth to go", Duration::from_secs(10), || {
+        podwire_veths(&n.node.node).is_empty().then_some(())
+    });
+    let b = n.node.add_pod("b");
+    let again = n.setup(&n.node.pod(b).path(), "c1");
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(ip_of(&again), ip_of(&first));
+    assert_eq!(n.records(n.dir.path()), vec![ip_of(&first)]);
+    let o = n.shim(&[
+        "check",
+        "--netns",
+        n.node.pod(b).path().to_str().unwrap(),
+        "--id",
+        "c1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_failed_setup_undoes_node_changes_and_refuses_non_bridges() {
+    let mut n = Net::new("undo", "10.95.0.0/24", "pwbr0", None);
+    node_nic(&n.node.node);
+    // A pre-existing, down bridge; forwarding off.
+    n.node
+        .node
+        .ok("ip", &["link", "add", "pwbr0", "type", "bridge"]);
+    n.node.node.ok("sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
+    let p = n.node.add_pod("p");
+    // eth0 already in the pod: creating the veth fails after the bridge and sysctl steps.
+    n.node.pod(p).ok(
+        "ip",
+        &["link", "add", "eth0", "type", "veth", "peer", "name", "e0p"],
+    );
+    let o = n.setup(&n.node.pod(p).path(), "c1");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("step 'create veth'"), "{}", stderr(&o));
+    let fwd = n.node.node.ok("sysctl", &["-n", "net.ipv4.ip_forward"]);
+    assert_eq!(fwd.trim(), "0", "ip_forward restored");
+    let br = n
+        .node
+        .node
+        .ok("ip", &["-o", "addr", "show", "dev", "pwbr0"]);
+    assert!(!br.contains("10.95.0.1"), "gateway address removed: {br}");
+    let st = n.node.node.ok("ip", &["-o", "link", "show", "pwbr0"]);
+    assert!(!st.contains(",UP"), "bridge set down again: {st}");
+    assert!(n.records(n.dir.path()).is_empty());
+    // A config whose bridge is the node's NIC, or lo: refused before any change.
+    for nic in ["eth0", "lo"] {
+        let conf = n.dir.path().join(format!("{nic}.json"));
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&n.config).unwrap()).unwrap();
+        v["bridge"] = nic.into();
+        std::fs::write(&conf, v.to_string()).unwrap();
+        let o = Net::shim_in(
+            &n.node.node,
+            &[
+                "setup",
+                "--netns",
+                n.node.pod(p).path().to_str().unwrap(),
+                "--id",
+                "c2",
+                "--config",
+                conf.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).contains("bridge:") && stderr(&o).contains("not a bridge"),
+            "{}",
+            stderr(&o)
+        );
+        let addrs = n.node.node.ok("ip", &["-o", "addr", "show", "dev", nic]);
+        assert!(!addrs.contains("10.95.0.1"), "{nic}: {addrs}");
+    }
+    assert!(n.records(n.dir.path()).is_empty());
+}
+
+#[test]
+fn a_full_disk_leaves_no_reservation_or_temp_file() {
+    let mut n = Net::new("full", "10.96.0.0/24", "pwbr0", None);
+    let p = n.node.add_pod("p");
+    let data = n.dir.path().join("ipam");
+    std::fs::create_dir_all(&data).unwrap();
+    // A tiny tmpfs, filled up, as dataDir; in a private mount namespace of the shim's.
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs {d} && mkdir -p {d}/{net} && touch {d}/{net}/lock \
+         && (dd if=/dev/zero of={d}/fill bs=4k 2>/dev/null; true) \
+         && nsenter --net={node} -- {shim} setup --netns {pod} --id c1 --config {conf}; \
+         rc=$?; ls -A {d}/{net}; exit $rc",
+        d = data.display(),
+        net = n.name,
+        node = n.node.node.path().display(),
+        shim = bin("runtime-shim").display(),
+        pod = n.node.pod(p).path().display(),
+        conf = n.config.display(),
+    );
+    let o = run(
+        "unshare",
+        &["-m", "--propagation", "private", "sh", "-c", &script],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
+    let left: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(String::from)
+        .filter(|l| l != "lock" && l != "attachments")
+        .collect();
+    assert!(left.is_empty(), "left in the full dataDir: {left:?}");
+    assert!(podwire_veths(&n.node.node).is_empty());
+}
+
+#[test]
+fn planted_fifos_and_devices_never_block() {
+    let mut n = Net::new("fifo", "10.97.0.0/24", "pwbr0", None);
+    let p = n.node.add_pod("p");
+    let fifo = n.dir.path().join("fifo");
+    ok("mkfifo", &[fifo.to_str().unwrap()]);
+    let bounded = |c: &mut Command| -> Output {
+        let mut ch = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let st = wait_for("the shim to return", Duration::from_secs(20), || {
+            ch.try_wait().unwrap()
+        });
+        let mut out = Output {
+            status: st,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        use std::io::Read;
+        ch.stderr
+            .take()
+            .unwrap()
+            .read_to_end(&mut out.stderr)
+            .unwrap();
+        out
+    };
+    // A FIFO as the pod namespace.
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", n.node.node.path().display()))
+        .arg("--")
+        .arg(bin("runtime-shim"))
+        .args([
+            "setup",
+            "--netns",
+            fifo.to_str().unwrap(),
+            "--id",
+            "c1",
+            "--config",
+        ])
+        .arg(&n.config);
+    let o = bounded(&mut c);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // FIFOs as an address record and as the cursor: setup and GC go on.
+    let dir = n.dir.path().join("ipam").join(&n.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    ok("mkfifo", &[dir.join("10.97.0.2").to_str().unwrap()]);
+    ok(
+        "mkfifo",
+        &[dir.join("last_reserved_ip.0").to_str().unwrap()],
+    );
+    let o = n.setup(&n.node.pod(p).path(), "c1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(ip_of(&o), "10.97.0.3");
+    // A FIFO, a symlink and garbage as hook records: gc --state-dir reports and goes on.
+    let state = n.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    ok("mkfifo", &[state.join("fifo1.json").to_str().unwrap()]);
+    std::os::unix::fs::symlink("/etc/hostname", state.join("link1.json")).unwrap();
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", n.node.node.path().display()))
+        .arg("--")
+        .arg(bin("runtime-shim"))
+        .args([
+            "gc",
+            "--valid",
+            "c1/eth0",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--config",
+        ])
+        .arg(&n.config);
+    let o = bounded(&mut c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("fifo1") && stderr(&o).contains("link1"),
+        "{}",
+        stderr(&o)
+    );
+    // The annotation naming /dev/zero (or a FIFO) as the config: refused at once.
+    for cfg in ["/dev/zero", fifo.to_str().unwrap()] {
+        let st = format!(
+            r#"{{"ociVersion":"1.0.2","id":"a1","status":"creating","pid":1,
+                "annotations":{{"podwire.io/network-config":"{cfg}"}}}}"#
+        );
+        let mut ch = Command::new(bin("runtime-shim"))
+            .args(["hook", "--state-dir", state.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        ch.stdin.take().unwrap().write_all(st.as_bytes()).unwrap();
+        let status = wait_for("the hook to return", Duration::from_secs(20), || {
+            ch.try_wait().unwrap()
+        });
+        assert_eq!(status.code(), Some(1), "{cfg}");
+    }
+}
+
+#[test]
+fn routes_apply_never_replaces_the_nodes_own_routes() {
+    let n = Net::new("routes", "10.98.0.0/24", "pwbr0", None);
+    node_nic(&n.node.node);
+    n.node
+        .node
+        .ok("ip", &["route", "add", "default", "via", "192.168.50.1"]);
+    let before = n.node.node.ok("ip", &["route", "show"]);
+    let nodes = n.dir.path().join("nodes.json");
+    let write_nodes = |cidr2: &str, cidr3: &str| {
+        std::fs::write(
+            &nodes,
+            serde_json::json!({"items": [
+                {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"},
+                 "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.10"}]}},
+                {"metadata": {"name": "n2"}, "spec": {"podCIDR": cidr2},
+                 "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.11"}]}},
+                {"metadata": {"name": "n3"}, "spec": {"podCIDR": cidr3},
+                 "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.12"}]}}
+            ]})
+            .to_string(),
+        )
+        .unwrap();
+    };
+    let routes = |cluster: Option<&str>| {
+        let mut a = vec![
+            "routes",
+            "--nodes",
+            nodes.to_str().unwrap(),
+            "--node",
+            "n1",
+            "--apply",
+        ];
+        if let Some(c) = cluster {
+            a.extend(["--cluster-cidr", c]);
+        }
+        Net::shim_in(&n.node.node, &a, &[])
+    };
+    for (c2, c3, cluster) in [
+        ("10.244.2.0/24", "0.0.0.0/0", Some("10.244.0.0/16")),
+        ("10.244.2.0/24", "192.168.50.0/24", Some("10.244.0.0/16")),
+        ("10.244.2.0/24", "192.168.50.0/24", Some("192.168.0.0/16")),
+        ("10.244.2.0/24", "10.244.3.0/24", None),
+    ] {
+        write_nodes(c2, c3);
+        let o = routes(cluster);
+        assert_eq!(o.status.code(), Some(1), "{c3} {cluster:?}");
+        assert_eq!(
+            n.node.node.ok("ip", &["route", "show"]),
+            before,
+            "{c3}: all or nothing"
+        );
+    }
+    write_nodes("10.244.2.0/24", "10.244.3.0/24");
+    let o = routes(Some("10.244.0.0/16"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after = n.node.node.ok("ip", &["route", "show"]);
+    assert!(
+        after.contains("10.244.3.0/24 via 192.168.50.12")
+            && after.contains("default via 192.168.50.1"),
+        "{after}"
+    );
+}
+
+#[test]
+fn executed_tools_come_from_system_dirs_with_two_capabilities() {
+    let mut n = Net::new("caps", "10.99.0.0/24", "pwbr0", None);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&n.config).unwrap()).unwrap();
+    v["ipMasq"] = true.into();
+    std::fs::write(&n.config, v.to_string()).unwrap();
+    // Fake iptables first in PATH and in the working directory: never run.
+    let tools = n.dir.path().join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let planted = n.dir.path().join("planted-ran");
+    for dir in [&tools, &n.dir.path().to_path_buf()] {
+        let f = dir.join("iptables");
+        std::fs::write(
+            &f,
+            format!("#!/bin/sh\ntouch {}\nexit 0\n", planted.display()),
+        )
+        .unwrap();
+        run("chmod", &["0755", f.to_str().unwrap()]);
+    }
+    // The real iptables, wrapped (in a private mount namespace) to record the capability
+    // sets it runs with.
+    let report = n.dir.path().join("caps.txt");
+    let real = n.dir.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let target = std::fs::canonicalize(podwire_tests::oci::find("iptables")).unwrap();
+    std::fs::copy(&target, real.join("iptables")).unwrap();
+    let wrapper = n.dir.path().join("wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ngrep '^Cap' /proc/self/status > {}\nexec {} \"$@\"\n",
+            report.display(),
+            real.join("iptables").display()
+        ),
+    )
+    .unwrap();
+    run("chmod", &["0755", wrapper.to_str().unwrap()]);
+    let p = n.node.add_pod("p");
+    let script = format!(
+        "mount --bind {w} {t} && cd {cwd} && PATH={tools}:/usr/sbin:/usr/bin:/sbin:/bin \
+         nsenter --net={node} -- {shim} setup --netns {pod} --id caps1 --config {conf}",
+        w = wrapper.display(),
+        t = target.display(),
+        cwd = n.dir.path().display(),
+        tools = tools.display(),
+        node = n.node.node.path().display(),
+        shim = bin("runtime-shim").display(),
+        pod = n.node.pod(p).path().display(),
+        conf = n.config.display(),
+    );
+    let o = run(
+        "unshare",
+        &["-m", "--propagation", "private", "sh", "-c", &script],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!planted.exists(), "a planted iptables ran");
+    let caps = std::fs::read_to_string(&report).expect("the shim ran the system iptables");
+    let field = |name: &str| {
+        let hex = caps
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:\t")))
+            .unwrap();
+        u64::from_str_radix(hex.trim(), 16).unwrap()
+    };
+    // CAP_NET_ADMIN 12, CAP_NET_RAW 13: nothing else, in any set.
+    let want = (1u64 << 12) | (1 << 13);
+    assert_eq!(field("CapBnd"), want, "{caps}");
+    assert_eq!(field("CapPrm") & !want, 0, "{caps}");
+    assert_eq!(field("CapEff") & !want, 0, "{caps}");
+    assert_eq!(field("CapInh") | field("CapAmb"), 0, "{caps}");
+    // Without CAP_SYS_PTRACE the error names it.
+    let o = run(
+        "nsenter",
+        &[
+            &format!("--net={}", n.node.node.path().display()),
+            "--",
+            "setpriv",
+            "--bounding-set",
+            "-sys_ptrace",
+            "--",
+            bin("runtime-shim").to_str().unwrap(),
+            "teardown",
+            "--id",
+            "caps1",
+            "--config",
+            n.config.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("missing capability CAP_SYS_PTRACE"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn join_keeps_the_owner_of_config_json() {
+    let n = Net::new("join", "10.90.0.0/24", "pwbr0", None);
+    let bundle = n.dir.path().join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let cfg = bundle.join("config.json");
+    std::fs::write(
+        &cfg,
+        r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"args":["sh"],"cwd":"/"},"root":{"path":"rootfs"},
+            "linux":{"namespaces":[{"type":"network"},{"type":"mount"}]}}"#,
+    )
+    .unwrap();
+    run("chown", &["1234:2345", cfg.to_str().unwrap()]);
+    run("chmod", &["0640", cfg.to_str().unwrap()]);
+    let o = Command::new(bin("runtime-shim"))
+        .args(["join", "--sandbox"])
+        .arg(n.node.node.path())
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&cfg).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 2345, 0o640));
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains(&n.node.node.path().display().to_string())
+    );
+}
