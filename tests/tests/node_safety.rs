@@ -669,3 +669,287 @@ fn join_keeps_the_owner_of_config_json() {
             .contains(&n.node.node.path().display().to_string())
     );
 }
+
+/// A small deterministic generator (no dependency): xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Life {
+    /// An operation is running or was killed: may hold anything.
+    Unknown,
+    Live,
+    Gone,
+}
+
+/// Every pod's eth0 IPv4 address in the node, by pod: no address may appear twice.
+fn duplicate_addresses(pods: &[(String, PathBuf)]) -> Vec<String> {
+    let mut seen: std::collections::HashMap<String, String> = Default::default();
+    let mut dups = Vec::new();
+    for (id, ns) in pods {
+        let out = run(
+            "nsenter",
+            &[
+                &format!("--net={}", ns.display()),
+                "--",
+                "ip",
+                "-o",
+                "-4",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ],
+        );
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(a) = l.split_whitespace().nth(3) else {
+                continue;
+            };
+            if let Some(other) = seen.insert(a.to_string(), id.clone()) {
+                dups.push(format!("{a} held by {id} and {other}"));
+            }
+        }
+    }
+    dups
+}
+
+#[test]
+fn soak_four_workers_three_hundred_random_operations_two_networks_one_bridge() {
+    const WORKERS: u64 = 4;
+    const OPS: u64 = 300;
+    const SLOTS: u64 = 6;
+    let shared = TempDir::new("soak");
+    let a = Net::new("soaka", "10.89.1.0/26", "pwbr0", Some(&shared));
+    node_nic(&a.node.node);
+    let node = &a.node.node;
+    node.ok("ip", &["route", "add", "default", "via", "192.168.50.1"]);
+    node.ok("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    let b_conf = a.dir.path().join("b.json");
+    let b_name = "pwsoakb".to_string();
+    std::fs::write(
+        &b_conf,
+        serde_json::json!({
+            "cniVersion": "1.0.0", "name": b_name, "bridge": "pwbr0", "isDefaultGateway": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.89.2.0/26"}]],
+                     "dataDir": shared.path().join("ipam")}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let confs = [a.config.clone(), b_conf.clone()];
+    let names = [a.name.clone(), b_name.clone()];
+    let node_routes = || -> Vec<String> {
+        node.ok("ip", &["route", "show"])
+            .lines()
+            .filter(|l| !l.contains("pwbr0"))
+            .map(String::from)
+            .collect()
+    };
+    let node_links = || -> Vec<String> {
+        node.links()
+            .into_iter()
+            .filter(|l| l != "pwbr0" && !(l.len() == 14 && l.starts_with("pw")))
+            .collect()
+    };
+    let sysctls = || {
+        node.ok(
+            "sysctl",
+            &["net.ipv4.ip_forward", "net.ipv4.conf.eth0.forwarding"],
+        )
+    };
+    let (routes0, links0, sysctl0) = (node_routes(), node_links(), sysctls());
+    // Slot k of worker w: pod id w<w>s<k>, on network k % 2, in its own namespace.
+    let pods: Vec<(String, usize, Ns)> = (0..WORKERS)
+        .flat_map(|w| (0..SLOTS).map(move |k| (w, k)))
+        .map(|(w, k)| {
+            (
+                format!("w{w}s{k}"),
+                (k % 2) as usize,
+                Ns::new(&format!("s{w}{k}")),
+            )
+        })
+        .collect();
+    let life: std::sync::Mutex<std::collections::HashMap<String, Life>> =
+        std::sync::Mutex::new(pods.iter().map(|p| (p.0.clone(), Life::Gone)).collect());
+    let errors: std::sync::Mutex<Vec<String>> = Default::default();
+    let counts: std::sync::Mutex<std::collections::BTreeMap<&str, u64>> = Default::default();
+    let shim = |net: usize, args: &[&str]| -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", node.path().display()))
+            .arg("--")
+            .arg(bin("runtime-shim"))
+            .args(args)
+            .arg("--config")
+            .arg(&confs[net])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    std::thread::scope(|s| {
+        for w in 0..WORKERS {
+            let (pods, life, errors, counts, shim) = (&pods, &life, &errors, &counts, &shim);
+            let names = &names;
+            s.spawn(move || {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w + 1).wrapping_mul(0x1234_5678_9abc));
+                let mine: Vec<&(String, usize, Ns)> = pods
+                    .iter()
+                    .filter(|p| p.0.starts_with(&format!("w{w}s")))
+                    .collect();
+                for i in 0..OPS / WORKERS {
+                    let (id, net, ns) = mine[rng.next(SLOTS) as usize];
+                    let path = ns.path();
+                    let p = path.to_str().unwrap();
+                    let op = ["ADD", "DEL", "CHECK", "GC", "KILL"][rng.next(5) as usize];
+                    *counts.lock().unwrap().entry(op).or_default() += 1;
+                    let was = life.lock().unwrap()[id];
+                    match op {
+                        "ADD" => {
+                            life.lock().unwrap().insert(id.clone(), Life::Unknown);
+                            let o = shim(*net, &["setup", "--netns", p, "--id", id])
+                                .output()
+                                .unwrap();
+                            let stays = was == Life::Live && stderr(&o).contains("already set up");
+                            let now = if o.status.success() || stays {
+                                Life::Live
+                            } else {
+                                Life::Unknown
+                            };
+                            life.lock().unwrap().insert(id.clone(), now);
+                        }
+                        "DEL" => {
+                            life.lock().unwrap().insert(id.clone(), Life::Unknown);
+                            let o = shim(*net, &["teardown", "--netns", p, "--id", id])
+                                .output()
+                                .unwrap();
+                            if o.status.success() {
+                                life.lock().unwrap().insert(id.clone(), Life::Gone);
+                            } else {
+                                errors
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("DEL {id}: {}", stderr(&o)));
+                            }
+                        }
+                        "CHECK" => {
+                            if was == Life::Live {
+                                let o = shim(*net, &["check", "--netns", p, "--id", id])
+                                    .output()
+                                    .unwrap();
+                                if !o.status.success() && life.lock().unwrap()[id] == Life::Live {
+                                    errors
+                                        .lock()
+                                        .unwrap()
+                                        .push(format!("CHECK {id}: {}", stderr(&o)));
+                                }
+                            }
+                        }
+                        "GC" => {
+                            let gc_net = rng.next(2) as usize;
+                            // Everything that is live or may be (in flight, killed) stays.
+                            let valid: Vec<String> = pods
+                                .iter()
+                                .filter(|q| {
+                                    q.1 == gc_net && life.lock().unwrap()[&q.0] != Life::Gone
+                                })
+                                .map(|q| format!("{}/eth0", q.0))
+                                .collect();
+                            let mut args = vec!["gc"];
+                            for v in &valid {
+                                args.extend(["--valid", v.as_str()]);
+                            }
+                            let o = shim(gc_net, &args).output().unwrap();
+                            if !o.status.success() {
+                                errors.lock().unwrap().push(format!(
+                                    "GC {}: {}",
+                                    names[gc_net],
+                                    stderr(&o)
+                                ));
+                            }
+                        }
+                        _ => {
+                            // SIGKILL an ADD or a DEL at a random point of its run.
+                            life.lock().unwrap().insert(id.clone(), Life::Unknown);
+                            let verb = if rng.next(2) == 0 {
+                                "setup"
+                            } else {
+                                "teardown"
+                            };
+                            let mut ch = shim(*net, &[verb, "--netns", p, "--id", id])
+                                .spawn()
+                                .unwrap();
+                            std::thread::sleep(Duration::from_micros(rng.next(8000)));
+                            let _ = ch.kill();
+                            let _ = ch.wait();
+                        }
+                    }
+                    if i % 15 == 14 {
+                        let live: Vec<(String, PathBuf)> =
+                            pods.iter().map(|q| (q.0.clone(), q.2.path())).collect();
+                        let d = duplicate_addresses(&live);
+                        if !d.is_empty() {
+                            errors.lock().unwrap().push(format!("duplicates: {d:?}"));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().unwrap();
+    assert!(errors.is_empty(), "{} errors: {errors:#?}", errors.len());
+    let all: Vec<(String, PathBuf)> = pods.iter().map(|q| (q.0.clone(), q.2.path())).collect();
+    assert!(duplicate_addresses(&all).is_empty());
+    // Final DEL of every pod, then GC of both networks: nothing of any pod is left.
+    for (id, net, ns) in &pods {
+        let o = shim(
+            *net,
+            &[
+                "teardown",
+                "--netns",
+                ns.path().to_str().unwrap(),
+                "--id",
+                id,
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{id}: {}", stderr(&o));
+    }
+    for net in 0..2 {
+        let o = shim(net, &["gc"]).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert!(podwire_veths(node).is_empty(), "{:?}", podwire_veths(node));
+    for n in &names {
+        let dir = shared.path().join("ipam").join(n);
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f != "lock" && f != "attachments" && !f.starts_with("last_reserved_ip."))
+            .collect();
+        assert!(left.is_empty(), "{n}: {left:?}");
+        assert!(
+            std::fs::read_dir(dir.join("attachments"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "{n}: lock files left"
+        );
+    }
+    for (id, _, ns) in &pods {
+        assert_eq!(ns.links(), ["lo"], "{id}");
+    }
+    assert_eq!(node_routes(), routes0, "node routes");
+    assert_eq!(node_links(), links0, "node links");
+    assert_eq!(sysctls(), sysctl0, "sysctls");
+    eprintln!("soak: {:?}", counts.into_inner().unwrap());
+}

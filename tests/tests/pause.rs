@@ -377,3 +377,42 @@ fn reaps_a_burst_of_1000_and_rss_stays_flat_under_a_signal_storm() {
     kill(Pid::from_raw(init), Signal::SIGTERM).unwrap();
     assert_eq!(exit_of(g).0, Some(0));
 }
+
+/// The syscall a process sleeps in (`/proc/PID/syscall`'s first field).
+fn syscall_of(pid: i32) -> Option<i64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn sigterm_exits_0_while_stderr_is_a_full_pipe() {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    require_root();
+    let (rd, wr) = nix::unistd::pipe().unwrap();
+    // Fill the pipe, then make the description blocking again, as a runtime's log pipe
+    // whose reader stalled would be.
+    fcntl(&wr, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let chunk = [b'x'; 4096];
+    while nix::unistd::write(&wr, &chunk).is_ok() {}
+    fcntl(&wr, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    let exe = pause_bin();
+    // Not PID 1: pause writes its warning first, then, at SIGTERM, its shutdown line.
+    let child = Command::new(&exe)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(wr))
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut g = Guard(child);
+    // rt_sigtimedwait (128): past the warning, waiting for signals.
+    wait_for("pause to wait for signals", LIMIT, || {
+        (syscall_of(pid) == Some(128)).then_some(())
+    });
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let status = wait_for("pause to exit on SIGTERM", LIMIT, || {
+        g.0.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0));
+    drop(rd);
+}

@@ -232,58 +232,6 @@ fn sigkill_at_any_point_of_setup_leaves_nothing_a_teardown_or_gc_cannot_clear() 
     }
 }
 
-#[test]
-fn the_shim_keeps_only_the_capabilities_it_needs() {
-    let n = Net::new("caps", "10.87.0.0/24");
-    // An `iptables` first in PATH that records its capability sets, then runs the real
-    // one: what the shim execs shows the shim's bounding set (a root exec's permitted set
-    // is the bounding set).
-    let tools = n.dir.path().join("tools");
-    std::fs::create_dir_all(&tools).unwrap();
-    let report = n.dir.path().join("caps.txt");
-    let real = podwire_tests::oci::find("iptables");
-    let script = tools.join("iptables");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ngrep '^Cap' /proc/self/status > {}\nexec {} \"$@\"\n",
-            report.display(),
-            real.display()
-        ),
-    )
-    .unwrap();
-    run("chmod", &["0755", script.to_str().unwrap()]);
-    let pod = Ns::new("caps-pod");
-    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", tools.display());
-    let o = n
-        .cmd(&[
-            "setup",
-            "--netns",
-            pod.path().to_str().unwrap(),
-            "--id",
-            "caps1",
-        ])
-        .env("PATH", path)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let caps = std::fs::read_to_string(&report).expect("the shim ran iptables");
-    let field = |name: &str| {
-        let hex = caps
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}:\t")))
-            .unwrap();
-        u64::from_str_radix(hex.trim(), 16).unwrap()
-    };
-    // CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_SYS_ADMIN 21, CAP_SYS_PTRACE 19.
-    let want = (1u64 << 12) | (1 << 13) | (1 << 21) | (1 << 19);
-    assert_eq!(field("CapBnd"), want, "{caps}");
-    assert_eq!(field("CapEff") & !want, 0, "{caps}");
-    assert_eq!(field("CapInh"), 0, "{caps}");
-    assert_eq!(field("CapAmb"), 0, "{caps}");
-    assert!(n.teardown("caps1").status.success());
-}
-
 /// Sandbox processes in their own network namespace inside a node, and the pins the hook
 /// made for them in /run/netns: both gone on drop, whatever the test did.
 struct Sandboxes {
