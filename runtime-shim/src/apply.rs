@@ -248,7 +248,7 @@ pub fn setup(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
     let pod = open_pod_netns(netns_path)?;
     let lock = AttachmentLock::acquire(net, id, ifname)?;
     let mut k = Real::open()?;
-    let r = setup_with(&mut k, net, &pod, netns_path, id, ifname);
+    let r = setup_with(&mut k, net, &pod, netns_path, id, ifname, Some(&lock));
     if r.is_err() {
         lock.remove();
     }
@@ -263,6 +263,7 @@ pub fn setup_with(
     netns_path: &Path,
     id: &str,
     ifname: &str,
+    lock: Option<&AttachmentLock>,
 ) -> Result<CniResult> {
     validate_request(id, ifname)?;
     let host = crate::plan::host_veth_name(id, ifname);
@@ -286,7 +287,7 @@ pub fn setup_with(
     let allocs = t.step(k, Step::ReserveAddresses, |_, undo| {
         // The lock is held only while allocating.
         let store = Store::open(&net.data_dir, &net.name)?;
-        let a = store.allocate(net, id, ifname)?;
+        let a = store.allocate_noted(net, id, ifname, lock)?;
         undo.push(Undo::Release(a.iter().map(|a| a.ip).collect()));
         Ok(a)
     })?;
@@ -420,7 +421,7 @@ pub fn teardown(net: &Network, netns_path: Option<&Path>, id: &str, ifname: &str
     };
     let lock = AttachmentLock::acquire(net, id, ifname)?;
     let mut k = Real::open()?;
-    let r = teardown_with(&mut k, net, pod.as_ref(), id, ifname);
+    let r = teardown_with(&mut k, net, pod.as_ref(), id, ifname, Some(&lock));
     if r.is_ok() {
         lock.remove();
     }
@@ -434,6 +435,7 @@ pub fn teardown_with(
     pod: Option<&NetNs>,
     id: &str,
     ifname: &str,
+    lock: Option<&AttachmentLock>,
 ) -> Result<()> {
     let mut first_err: Option<Error> = None;
     let mut keep = |r: Result<()>| {
@@ -468,7 +470,7 @@ pub fn teardown_with(
     keep(deleted.map(|_| ()));
     keep(
         Store::open(&net.data_dir, &net.name)
-            .and_then(|s| s.release(id, ifname))
+            .and_then(|s| s.release_noted(id, ifname, lock))
             .map(|_| ()),
     );
     match first_err {
@@ -805,7 +807,7 @@ mod tests {
 
     fn run(k: &mut Fake, net: &Network) -> Result<CniResult> {
         let pod = NetNs::current().unwrap();
-        setup_with(k, net, &pod, Path::new("/run/netns/p"), "c1", "eth0")
+        setup_with(k, net, &pod, Path::new("/run/netns/p"), "c1", "eth0", None)
     }
 
     /// Fail every call of a setup in turn, from nodes in several starting states: each
@@ -904,18 +906,18 @@ mod tests {
         k.pod
             .push(("eth0".into(), [2, 0, 0, 0, 0, 1], true, Vec::new()));
         let before = k.snapshot();
-        teardown_with(&mut k, &n, Some(&pod), "c1", "eth0").unwrap();
+        teardown_with(&mut k, &n, Some(&pod), "c1", "eth0", None).unwrap();
         assert_eq!(k.snapshot(), before);
         // Another network's veth of the same name stays too.
         let other = host_marker("other", &host);
         k.links.last_mut().unwrap().mac = Some(other);
         let before = k.snapshot();
-        teardown_with(&mut k, &n, Some(&pod), "c1", "eth0").unwrap();
+        teardown_with(&mut k, &n, Some(&pod), "c1", "eth0", None).unwrap();
         assert_eq!(k.snapshot(), before);
         // What setup made goes, the pod end with it.
         let mut k = Fake::node("1");
         run(&mut k, &n).unwrap();
-        teardown_with(&mut k, &n, Some(&pod), "c1", "eth0").unwrap();
+        teardown_with(&mut k, &n, Some(&pod), "c1", "eth0", None).unwrap();
         assert!(k.links.iter().all(|l| l.name != host) && k.pod.is_empty());
         assert!(ipam_files(d.path()).is_empty());
     }

@@ -21,6 +21,8 @@ use crate::{Error, Result};
 
 const LINE_BREAK: &str = "\r\n";
 const LAST_RESERVED: &str = "last_reserved_ip.";
+/// First line of an attachment's note (the file its lock is taken on).
+const NOTE_HEADER: &str = "podwire-attachment 1";
 
 /// One reserved address and the range it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +192,47 @@ impl AttachmentLock {
         }
     }
 
+    /// The addresses this attachment's ADDs noted (a superset of what it holds: each is
+    /// noted before its record is linked). None if nothing was ever noted.
+    pub fn noted(&self) -> Option<Vec<IpAddr>> {
+        use std::os::unix::fs::FileExt;
+        // pread from the start: the fd's offset is never moved, so every call sees it all.
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut len = 0;
+        while len < buf.len() {
+            match self.lock.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(_) => return None,
+            }
+        }
+        let s = String::from_utf8_lossy(&buf[..len]);
+        let mut lines = s.lines();
+        if lines.next() != Some(NOTE_HEADER) {
+            return None;
+        }
+        Some(
+            lines
+                .flat_map(|l| l.split_whitespace())
+                .filter_map(|t| t.parse().ok())
+                .collect(),
+        )
+    }
+
+    /// Replace the note with `ips`.
+    pub fn note(&self, ips: &[IpAddr]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut text = format!("{NOTE_HEADER}\n");
+        for ip in ips {
+            text.push_str(&ip.to_string());
+            text.push('\n');
+        }
+        let f: &File = &self.lock;
+        f.set_len(0)
+            .and_then(|()| f.write_all_at(text.as_bytes(), 0))
+            .map_err(|e| Error::io("note attachment addresses", &self.path, e))
+    }
+
     /// Drop the lock and its file (the attachment is gone, or was never made).
     pub fn remove(self) {
         let _ = fs::remove_file(&self.path);
@@ -279,7 +322,21 @@ impl Store {
     }
 
     fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
+        use std::os::unix::fs::{FileExt, MetadataExt};
         let p = self.dir.join(format!("{LAST_RESERVED}{set}"));
+        // The cursor is a hint (a torn one means "start at the range start", as in
+        // host-local, which writes it in place too): rewrite our own file in place, which
+        // saves a file creation per ADD. Anything else under the name (a planted hard
+        // link, a FIFO, a missing file) is replaced by a new file instead.
+        if let Ok(f) = nofollow().write(true).open(&p) {
+            if f.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1) {
+                let text = ip.to_string();
+                return f
+                    .set_len(0)
+                    .and_then(|()| f.write_all_at(text.as_bytes(), 0))
+                    .map_err(|e| Error::io("write", &p, e));
+            }
+        }
         let tmp = write_tmp(&self.dir, &format!("last{set}"), ip.to_string().as_bytes())
             .map_err(|e| Error::io("write", &p, e))?;
         fs::rename(&tmp, &p).map_err(|e| {
@@ -294,12 +351,60 @@ impl Store {
     /// most one reservation per (id, ifname) per range set. On error nothing new stays
     /// reserved.
     pub fn allocate(&self, net: &Network, id: &str, ifname: &str) -> Result<Vec<Allocation>> {
-        let held: Vec<IpAddr> = self
-            .records()?
-            .into_iter()
-            .filter(|(_, i, f)| i == id && f == ifname)
-            .map(|(ip, _, _)| ip)
-            .collect();
+        self.allocate_noted(net, id, ifname, None)
+    }
+
+    /// Does the record of `ip` belong to (id, ifname)?
+    fn holds(&self, ip: IpAddr, id: &str, ifname: &str) -> bool {
+        read_small(&self.record_path(ip), 4096).is_ok_and(|s| {
+            let mut l = s.trim().splitn(2, LINE_BREAK);
+            l.next().map(str::trim) == Some(id) && l.next().unwrap_or("").trim() == ifname
+        })
+    }
+
+    /// What (id, ifname) holds: from its note when there is one (constant time), else
+    /// from a scan of every record.
+    fn held(&self, id: &str, ifname: &str, lock: Option<&AttachmentLock>) -> Result<Vec<IpAddr>> {
+        match lock.and_then(AttachmentLock::noted) {
+            Some(ips) => {
+                let mut v: Vec<IpAddr> =
+                    ips.into_iter().filter(|ip| self.holds(*ip, id, ifname)).collect();
+                v.sort();
+                v.dedup();
+                Ok(v)
+            }
+            None => Ok(self
+                .records()?
+                .into_iter()
+                .filter(|(_, i, f)| i == id && f == ifname)
+                .map(|(ip, _, _)| ip)
+                .collect()),
+        }
+    }
+
+    /// [`Store::allocate`], noting every address in the attachment's lock file before its
+    /// record is linked, so a retried ADD and DEL find them without scanning the store.
+    pub fn allocate_noted(
+        &self,
+        net: &Network,
+        id: &str,
+        ifname: &str,
+        lock: Option<&AttachmentLock>,
+    ) -> Result<Vec<Allocation>> {
+        // A new attachment has an empty note: nothing to look for (an attachment made by
+        // a version without notes may then hold a second address until GC).
+        let held = match lock {
+            Some(l) if l.noted().is_none() => Vec::new(),
+            _ => self.held(id, ifname, lock)?,
+        };
+        let mut noted = held.clone();
+        let mut note = |ip: IpAddr| -> Result<()> {
+            let Some(l) = lock else { return Ok(()) };
+            if !noted.contains(&ip) {
+                noted.push(ip);
+            }
+            l.note(&noted)
+        };
         let mut got: Vec<Allocation> = Vec::new();
         let mut fresh: Vec<IpAddr> = Vec::new();
         for (set, ranges) in net.range_sets.iter().enumerate() {
@@ -317,7 +422,7 @@ impl Store {
                 got.push(a);
                 continue;
             }
-            match self.allocate_in_set(net, set, ranges, id, ifname) {
+            match self.allocate_in_set(net, set, ranges, id, ifname, &mut note) {
                 Ok(a) => {
                     fresh.push(a.ip);
                     got.push(a);
@@ -333,6 +438,16 @@ impl Store {
         for ip in held.iter().filter(|ip| !got.iter().any(|a| a.ip == **ip)) {
             let _ = fs::remove_file(self.record_path(*ip));
         }
+        // Trim the note to what is held (skipped when it already is).
+        if let Some(l) = lock {
+            let mut ips: Vec<IpAddr> = got.iter().map(|a| a.ip).collect();
+            let mut now = l.noted().unwrap_or_default();
+            ips.sort();
+            now.sort();
+            if ips != now {
+                l.note(&ips)?;
+            }
+        }
         Ok(got)
     }
 
@@ -343,6 +458,7 @@ impl Store {
         ranges: &[Range],
         id: &str,
         ifname: &str,
+        note: &mut dyn FnMut(IpAddr) -> Result<()>,
     ) -> Result<Allocation> {
         // Round-robin: start right after the last reservation, if it is still in a range.
         let (mut ri, mut ip) = (0usize, ranges[0].start);
@@ -361,7 +477,10 @@ impl Store {
         let first = (ri, ip);
         loop {
             let r = &ranges[ri];
-            if ip != r.gateway && self.reserve(ip, id, ifname)? {
+            if ip != r.gateway && !self.record_path(ip).exists() && {
+                note(ip)?;
+                self.reserve(ip, id, ifname)?
+            } {
                 if let Err(e) = self.set_last_reserved(set, ip) {
                     let _ = fs::remove_file(self.record_path(ip));
                     return Err(e);
@@ -493,7 +612,20 @@ impl Store {
 
     /// Release every address held by (id, ifname); returns them. Idempotent.
     pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-        let ips = self.get_by_id(id, ifname)?;
+        self.release_noted(id, ifname, None)
+    }
+
+    /// [`Store::release`], from the attachment's note when it has one.
+    pub fn release_noted(
+        &self,
+        id: &str,
+        ifname: &str,
+        lock: Option<&AttachmentLock>,
+    ) -> Result<Vec<IpAddr>> {
+        let ips = match lock.and_then(AttachmentLock::noted) {
+            Some(_) => self.held(id, ifname, lock)?,
+            None => self.get_by_id(id, ifname)?,
+        };
         for ip in &ips {
             match fs::remove_file(self.record_path(*ip)) {
                 Ok(()) => {}
@@ -680,6 +812,36 @@ mod tests {
         assert_eq!(held, want, "one reservation per range set");
         // Another ifname of the same id is another attachment.
         assert_ne!(s.allocate(&n, "c1", "net1").unwrap()[0].ip, first[0].ip);
+    }
+
+    #[test]
+    fn planted_links_at_temp_names_are_never_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let n = net(d.path(), r#"[[{"subnet":"10.9.0.0/24"}]]"#);
+        let s = Store::open(&n.data_dir, &n.name).unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let pid = std::process::id();
+        // The names temp files once had: a symlink and a hard link planted there.
+        std::os::unix::fs::symlink(&victim, d.path().join(format!("t/.tmp-{pid}-last0")))
+            .unwrap();
+        fs::hard_link(&victim, d.path().join(format!("t/.tmp-{pid}-10.9.0.2"))).unwrap();
+        let a = s.allocate(&n, "c", "eth0").unwrap();
+        assert_eq!(a[0].ip.to_string(), "10.9.0.2");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        // A hard link planted as the cursor itself is replaced, never written through.
+        fs::remove_file(d.path().join("t/last_reserved_ip.0")).unwrap();
+        fs::hard_link(&victim, d.path().join("t/last_reserved_ip.0")).unwrap();
+        s.allocate(&n, "c2", "eth0").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(
+            fs::read_to_string(d.path().join("t/last_reserved_ip.0")).unwrap(),
+            "10.9.0.3"
+        );
+        // A temp name already taken is skipped, never opened.
+        let (p1, _) = create_tmp(s.dir(), "x").unwrap();
+        let (p2, _) = create_tmp(s.dir(), "x").unwrap();
+        assert_ne!(p1, p2);
     }
 
     #[test]
