@@ -367,8 +367,10 @@ impl Store {
     fn held(&self, id: &str, ifname: &str, lock: Option<&AttachmentLock>) -> Result<Vec<IpAddr>> {
         match lock.and_then(AttachmentLock::noted) {
             Some(ips) => {
-                let mut v: Vec<IpAddr> =
-                    ips.into_iter().filter(|ip| self.holds(*ip, id, ifname)).collect();
+                let mut v: Vec<IpAddr> = ips
+                    .into_iter()
+                    .filter(|ip| self.holds(*ip, id, ifname))
+                    .collect();
                 v.sort();
                 v.dedup();
                 Ok(v)
@@ -823,8 +825,7 @@ mod tests {
         fs::write(&victim, b"precious").unwrap();
         let pid = std::process::id();
         // The names temp files once had: a symlink and a hard link planted there.
-        std::os::unix::fs::symlink(&victim, d.path().join(format!("t/.tmp-{pid}-last0")))
-            .unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join(format!("t/.tmp-{pid}-last0"))).unwrap();
         fs::hard_link(&victim, d.path().join(format!("t/.tmp-{pid}-10.9.0.2"))).unwrap();
         let a = s.allocate(&n, "c", "eth0").unwrap();
         assert_eq!(a[0].ip.to_string(), "10.9.0.2");
