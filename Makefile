@@ -15,7 +15,7 @@ DEB_PKGS := iproute2 iptables runc busybox-static catatonit containernetworking-
 
 all: build
 
-## build: every binary (debug, for tests) and the static pause
+## build: every binary (debug, for tests; the CRI client needs protoc) and the static pause
 build: pause
 	$(CARGO) build --workspace --bins
 
@@ -32,7 +32,7 @@ pause-image: pause
 test: deps build unit-test privileged-test
 
 unit-test:
-	$(CARGO) test --workspace --exclude podwire-tests
+	$(CARGO) test
 	$(CARGO) test --manifest-path fuzz/Cargo.toml
 
 privileged-test:
@@ -47,7 +47,7 @@ demo: deps build
 
 ## bench: benchmarks (root); figures go to BENCHMARKS.md by hand, with the method
 bench: deps pause
-	$(CARGO) build --release -p podwire-tests --bin pause-bench --bin shim-bench --bin gen-bench
+	$(CARGO) build --release -p podwire-bench
 	$(CARGO) build --release -p runtime-shim
 	@echo "## pause"; target/release/pause-bench --pause $(PAUSE) --catatonit /usr/bin/catatonit
 	@echo; echo "## runtime-shim"; target/release/shim-bench --shim target/release/runtime-shim --pods 50 --scale 1000
@@ -80,7 +80,7 @@ fuzz-smoke: fuzz-tools
 ##         backend takes hours at this size here, see BENCHMARKS.md)
 STRESS_RESTORE ?= iptables-legacy-restore
 stress: deps
-	$(CARGO) build --release -p podwire-tests --bin gen-bench
+	$(CARGO) build --release -p podwire-bench --bin gen-bench
 	target/release/gen-bench --services 50000 --apply --restore $(STRESS_RESTORE) --resyncs 20
 
 ## lint: formatting and clippy, warnings are errors (pause's binary is linted on its own)
@@ -105,7 +105,7 @@ deps:
 	else echo "deps: all present"; fi
 
 ## install: binaries to $(PREFIX)/bin, podman hook files to $(PREFIX)/share/podwire/hooks.d
-##          (the CNI plugin dir and the network config are set up per README)
+##          (the CNI plugin dir and the network config are set up per docs/runtime-shim.md)
 install: pause
 	$(CARGO) build --release -p netns -p runtime-shim -p iptables-gen --bins
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/podwire/hooks.d

@@ -2,7 +2,7 @@
 //! point, and reading argv from the initial stack. Everything above this module is safe.
 //!
 //! Why raw syscalls: linking no libc keeps the binary ~2 KiB and makes it start without
-//! glibc's static-startup cost (see docs in README, "pause").
+//! glibc's static-startup cost (see docs/pause.md).
 #![allow(unsafe_code)]
 
 use core::arch::asm;

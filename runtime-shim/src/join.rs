@@ -157,8 +157,7 @@ pub fn rewrite(config: &[u8], target: &Target, path: &Path) -> Result<Vec<u8>> {
         reason,
     };
     // Validate against the runtime spec first: the file must be a config a runtime takes.
-    serde_json::from_slice::<oci_spec::runtime::Spec>(config)
-        .map_err(|e| bad(format!("not an OCI runtime config: {e}")))?;
+    crate::oci::parse_config(config).map_err(|e| bad(format!("not an OCI runtime config: {e}")))?;
     let mut v: Value =
         serde_json::from_slice(config).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     let root = v

@@ -20,6 +20,7 @@ pub mod join;
 pub mod kernel;
 pub mod link;
 pub mod masq;
+pub mod oci;
 pub mod plan;
 pub mod result;
 pub mod routes;

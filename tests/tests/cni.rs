@@ -5,9 +5,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use podwire_tests::*;
+use podwire_testkit::*;
 use serde_json::{Value, json};
 
 struct Cni {
@@ -57,11 +57,8 @@ impl Cni {
 
     /// Run the plugin in the node namespace with exactly the CNI environment.
     fn call(&self, env: &[(&str, &str)], stdin: &[u8]) -> Reply {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.node.node.path().display()))
-            .arg("--")
-            .arg(bin("runtime-shim"))
-            .env_clear()
+        let mut c = shim_in(&self.node.node);
+        c.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_PATH", bin("runtime-shim").parent().unwrap());
         for (k, v) in env {

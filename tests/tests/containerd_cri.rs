@@ -7,10 +7,10 @@
 use std::fs;
 use std::time::Duration;
 
-use podwire_tests::containerd::Containerd;
-use podwire_tests::oci;
-use podwire_tests::podman::build_pause_image;
-use podwire_tests::*;
+use podwire_testkit::containerd::Containerd;
+use podwire_testkit::oci;
+use podwire_testkit::podman::build_pause_image;
+use podwire_testkit::*;
 use serde_json::json;
 
 const PAUSE: &str = "localhost/podwire/pause:cri";

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use podwire_tests::*;
+use podwire_testkit::*;
 use serde_json::Value;
 
 #[test]

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use podwire_tests::*;
+use podwire_testkit::*;
 
 fn netns_cli(args: &[&str]) -> std::process::Output {
     run(bin("netns").to_str().expect("utf-8 path"), args)

@@ -8,62 +8,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use podwire_tests::*;
+use podwire_testkit::*;
 
-struct Net {
-    node: Node,
-    dir: TempDir,
-    name: String,
-    config: PathBuf,
+/// A network on bridge `bridge`; with `shared`, its IPAM dataDir lives there instead.
+fn net(tag: &str, subnet: &str, bridge: &str, shared: Option<&TempDir>) -> Network {
+    let mut conf = serde_json::json!({
+        "bridge": bridge, "isDefaultGateway": true,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}
+    });
+    let n = Network::new(tag, conf.clone());
+    if let Some(d) = shared {
+        conf["name"] = n.name.clone().into();
+        conf["cniVersion"] = "1.0.0".into();
+        conf["ipam"]["dataDir"] = d.path().join("ipam").display().to_string().into();
+        std::fs::write(&n.config, conf.to_string()).unwrap();
+    }
+    n
 }
 
-impl Net {
-    fn new(tag: &str, subnet: &str, bridge: &str, dir: Option<&TempDir>) -> Net {
-        let node = Node::new(tag);
-        let own = TempDir::new(tag);
-        let data = dir.map(|d| d.path()).unwrap_or(own.path()).join("ipam");
-        let name = format!("pw{tag}");
-        let config = own.path().join("net.json");
-        let json = serde_json::json!({
-            "cniVersion": "1.0.0", "name": name, "type": "runtime-shim", "bridge": bridge,
-            "isDefaultGateway": true,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data}
-        });
-        std::fs::write(&config, json.to_string()).unwrap();
-        Net {
-            node,
-            dir: own,
-            name,
-            config,
-        }
-    }
-
-    fn shim_in(node: &Ns, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", node.path().display()))
-            .arg("--")
-            .arg(bin("runtime-shim"))
-            .args(args)
-            .stdin(Stdio::null());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
-    }
-
-    fn shim(&self, args: &[&str]) -> Output {
-        let mut a = args.to_vec();
-        a.extend(["--config", self.config.to_str().unwrap()]);
-        Net::shim_in(&self.node.node, &a, &[])
-    }
-
-    fn setup(&self, netns: &Path, id: &str) -> Output {
-        self.shim(&["setup", "--netns", netns.to_str().unwrap(), "--id", id])
-    }
-
-    fn records(&self, data: &Path) -> Vec<String> {
-        ipam_records(&data.join("ipam"), &self.name)
-    }
+/// runtime-shim in `node` with extra arguments (another network's config, …).
+fn shim_at(node: &Ns, args: &[&str]) -> Output {
+    shim_in(node).args(args).output().unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -90,7 +55,7 @@ fn node_nic(node: &Ns) {
 
 #[test]
 fn the_shims_own_namespace_is_refused_and_no_node_link_is_deleted() {
-    let n = Net::new("own", "10.91.0.0/24", "pwbr0", None);
+    let n = net("own", "10.91.0.0/24", "pwbr0", None);
     node_nic(&n.node.node);
     let own = "/proc/self/ns/net";
     // teardown and setup with the caller's own namespace.
@@ -119,20 +84,17 @@ fn the_shims_own_namespace_is_refused_and_no_node_link_is_deleted() {
     // CNI DEL and ADD likewise, with CNI error JSON.
     let conf = std::fs::read(&n.config).unwrap();
     for cmd in ["DEL", "ADD", "CHECK"] {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", n.node.node.path().display()))
-            .arg("--")
-            .arg(bin("runtime-shim"))
-            .envs([
-                ("CNI_COMMAND", cmd),
-                ("CNI_CONTAINERID", "c9"),
-                ("CNI_NETNS", own),
-                ("CNI_IFNAME", "eth0"),
-                ("CNI_PATH", "/nonexistent"),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut c = shim_in(&n.node.node);
+        c.envs([
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "c9"),
+            ("CNI_NETNS", own),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/nonexistent"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut ch = c.spawn().unwrap();
         use std::io::Write;
         ch.stdin.take().unwrap().write_all(&conf).unwrap();
@@ -166,13 +128,13 @@ fn the_shims_own_namespace_is_refused_and_no_node_link_is_deleted() {
         !links.contains(&"pwbr0".to_string()),
         "nothing was created: {links:?}"
     );
-    assert!(n.records(n.dir.path()).is_empty());
+    assert!(n.records().is_empty());
 }
 
 #[test]
 fn gc_of_one_network_never_touches_another_on_the_same_bridge() {
     let shared = TempDir::new("gcshared");
-    let mut a = Net::new("gca", "10.92.1.0/24", "pwbr0", Some(&shared));
+    let mut a = net("gca", "10.92.1.0/24", "pwbr0", Some(&shared));
     // Network B lives in A's node (one bridge, cni0-style default shared).
     let b_conf = a.dir.path().join("b.json");
     let b_name = "pwgcb";
@@ -189,7 +151,7 @@ fn gc_of_one_network_never_touches_another_on_the_same_bridge() {
     let pa = a.node.add_pod("a");
     let pb = a.node.add_pod("b");
     assert!(a.setup(&a.node.pod(pa).path(), "pod-a").status.success());
-    let o = Net::shim_in(
+    let o = shim_at(
         &a.node.node,
         &[
             "setup",
@@ -200,7 +162,6 @@ fn gc_of_one_network_never_touches_another_on_the_same_bridge() {
             "--config",
             b_conf.to_str().unwrap(),
         ],
-        &[],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     // GC of A with no valid attachment: A's pod goes, B's stays whole.
@@ -211,7 +172,7 @@ fn gc_of_one_network_never_touches_another_on_the_same_bridge() {
     assert!(!a.node.pod(pa).links().contains(&"eth0".to_string()));
     assert_eq!(ipam_records(&shared.path().join("ipam"), b_name).len(), 1);
     assert!(ipam_records(&shared.path().join("ipam"), &a.name).is_empty());
-    let o = Net::shim_in(
+    let o = shim_at(
         &a.node.node,
         &[
             "check",
@@ -222,14 +183,13 @@ fn gc_of_one_network_never_touches_another_on_the_same_bridge() {
             "--config",
             b_conf.to_str().unwrap(),
         ],
-        &[],
     );
     assert!(o.status.success(), "B still checks out: {}", stderr(&o));
 }
 
 #[test]
 fn del_racing_add_never_leaves_a_live_pod_without_its_address() {
-    let mut n = Net::new("race", "10.93.0.0/24", "pwbr0", None);
+    let mut n = net("race", "10.93.0.0/24", "pwbr0", None);
     for i in 0..20 {
         let p = n.node.add_pod(&format!("r{i}"));
         let path = n.node.pod(p).path();
@@ -241,7 +201,7 @@ fn del_racing_add_never_leaves_a_live_pod_without_its_address() {
         });
         assert!(del.status.success(), "{}", stderr(&del));
         let veth_there = n.node.pod(p).links().contains(&"eth0".to_string());
-        let held = n.records(n.dir.path());
+        let held = n.records();
         if add.status.success() && veth_there {
             // ADD ran last: its address must still be reserved, so no other pod gets it.
             assert!(
@@ -250,13 +210,13 @@ fn del_racing_add_never_leaves_a_live_pod_without_its_address() {
             );
             assert!(n.shim(&["teardown", "--id", &id]).status.success());
         }
-        assert!(n.records(n.dir.path()).is_empty(), "{i}: {held:?}");
+        assert!(n.records().is_empty(), "{i}: {held:?}");
     }
 }
 
 #[test]
 fn a_retried_add_keeps_one_address() {
-    let mut n = Net::new("readd", "10.94.0.0/24", "pwbr0", None);
+    let mut n = net("readd", "10.94.0.0/24", "pwbr0", None);
     let a = n.node.add_pod("a");
     let first = n.setup(&n.node.pod(a).path(), "c1");
     assert!(first.status.success(), "{}", stderr(&first));
@@ -270,7 +230,7 @@ fn a_retried_add_keeps_one_address() {
     let again = n.setup(&n.node.pod(b).path(), "c1");
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(ip_of(&again), ip_of(&first));
-    assert_eq!(n.records(n.dir.path()), vec![ip_of(&first)]);
+    assert_eq!(n.records(), vec![ip_of(&first)]);
     let o = n.shim(&[
         "check",
         "--netns",
@@ -283,7 +243,7 @@ fn a_retried_add_keeps_one_address() {
 
 #[test]
 fn a_failed_setup_undoes_node_changes_and_refuses_non_bridges() {
-    let mut n = Net::new("undo", "10.95.0.0/24", "pwbr0", None);
+    let mut n = net("undo", "10.95.0.0/24", "pwbr0", None);
     node_nic(&n.node.node);
     // A pre-existing, down bridge; forwarding off.
     n.node
@@ -308,7 +268,7 @@ fn a_failed_setup_undoes_node_changes_and_refuses_non_bridges() {
     assert!(!br.contains("10.95.0.1"), "gateway address removed: {br}");
     let st = n.node.node.ok("ip", &["-o", "link", "show", "pwbr0"]);
     assert!(!st.contains(",UP"), "bridge set down again: {st}");
-    assert!(n.records(n.dir.path()).is_empty());
+    assert!(n.records().is_empty());
     // A config whose bridge is the node's NIC, or lo: refused before any change.
     for nic in ["eth0", "lo"] {
         let conf = n.dir.path().join(format!("{nic}.json"));
@@ -316,7 +276,7 @@ fn a_failed_setup_undoes_node_changes_and_refuses_non_bridges() {
             serde_json::from_slice(&std::fs::read(&n.config).unwrap()).unwrap();
         v["bridge"] = nic.into();
         std::fs::write(&conf, v.to_string()).unwrap();
-        let o = Net::shim_in(
+        let o = shim_at(
             &n.node.node,
             &[
                 "setup",
@@ -327,7 +287,6 @@ fn a_failed_setup_undoes_node_changes_and_refuses_non_bridges() {
                 "--config",
                 conf.to_str().unwrap(),
             ],
-            &[],
         );
         assert_eq!(o.status.code(), Some(1));
         assert!(
@@ -338,12 +297,12 @@ fn a_failed_setup_undoes_node_changes_and_refuses_non_bridges() {
         let addrs = n.node.node.ok("ip", &["-o", "addr", "show", "dev", nic]);
         assert!(!addrs.contains("10.95.0.1"), "{nic}: {addrs}");
     }
-    assert!(n.records(n.dir.path()).is_empty());
+    assert!(n.records().is_empty());
 }
 
 #[test]
 fn a_full_disk_leaves_no_reservation_or_temp_file() {
-    let mut n = Net::new("full", "10.96.0.0/24", "pwbr0", None);
+    let mut n = net("full", "10.96.0.0/24", "pwbr0", None);
     let p = n.node.add_pod("p");
     let data = n.dir.path().join("ipam");
     std::fs::create_dir_all(&data).unwrap();
@@ -377,7 +336,7 @@ fn a_full_disk_leaves_no_reservation_or_temp_file() {
 
 #[test]
 fn planted_fifos_and_devices_never_block() {
-    let mut n = Net::new("fifo", "10.97.0.0/24", "pwbr0", None);
+    let mut n = net("fifo", "10.97.0.0/24", "pwbr0", None);
     let p = n.node.add_pod("p");
     let fifo = n.dir.path().join("fifo");
     ok("mkfifo", &[fifo.to_str().unwrap()]);
@@ -405,19 +364,16 @@ fn planted_fifos_and_devices_never_block() {
         out
     };
     // A FIFO as the pod namespace.
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", n.node.node.path().display()))
-        .arg("--")
-        .arg(bin("runtime-shim"))
-        .args([
-            "setup",
-            "--netns",
-            fifo.to_str().unwrap(),
-            "--id",
-            "c1",
-            "--config",
-        ])
-        .arg(&n.config);
+    let mut c = shim_in(&n.node.node);
+    c.args([
+        "setup",
+        "--netns",
+        fifo.to_str().unwrap(),
+        "--id",
+        "c1",
+        "--config",
+    ])
+    .arg(&n.config);
     let o = bounded(&mut c);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     // FIFOs as an address record and as the cursor: setup and GC go on.
@@ -436,19 +392,16 @@ fn planted_fifos_and_devices_never_block() {
     std::fs::create_dir_all(&state).unwrap();
     ok("mkfifo", &[state.join("fifo1.json").to_str().unwrap()]);
     std::os::unix::fs::symlink("/etc/hostname", state.join("link1.json")).unwrap();
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", n.node.node.path().display()))
-        .arg("--")
-        .arg(bin("runtime-shim"))
-        .args([
-            "gc",
-            "--valid",
-            "c1/eth0",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--config",
-        ])
-        .arg(&n.config);
+    let mut c = shim_in(&n.node.node);
+    c.args([
+        "gc",
+        "--valid",
+        "c1/eth0",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--config",
+    ])
+    .arg(&n.config);
     let o = bounded(&mut c);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
@@ -480,7 +433,7 @@ fn planted_fifos_and_devices_never_block() {
 
 #[test]
 fn routes_apply_never_replaces_the_nodes_own_routes() {
-    let n = Net::new("routes", "10.98.0.0/24", "pwbr0", None);
+    let n = net("routes", "10.98.0.0/24", "pwbr0", None);
     node_nic(&n.node.node);
     n.node
         .node
@@ -514,7 +467,7 @@ fn routes_apply_never_replaces_the_nodes_own_routes() {
         if let Some(c) = cluster {
             a.extend(["--cluster-cidr", c]);
         }
-        Net::shim_in(&n.node.node, &a, &[])
+        shim_at(&n.node.node, &a)
     };
     for (c2, c3, cluster) in [
         ("10.244.2.0/24", "0.0.0.0/0", Some("10.244.0.0/16")),
@@ -544,7 +497,7 @@ fn routes_apply_never_replaces_the_nodes_own_routes() {
 
 #[test]
 fn executed_tools_come_from_system_dirs_with_two_capabilities() {
-    let mut n = Net::new("caps", "10.99.0.0/24", "pwbr0", None);
+    let mut n = net("caps", "10.99.0.0/24", "pwbr0", None);
     let mut v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&n.config).unwrap()).unwrap();
     v["ipMasq"] = true.into();
@@ -567,7 +520,7 @@ fn executed_tools_come_from_system_dirs_with_two_capabilities() {
     let report = n.dir.path().join("caps.txt");
     let real = n.dir.path().join("real");
     std::fs::create_dir_all(&real).unwrap();
-    let target = std::fs::canonicalize(podwire_tests::oci::find("iptables")).unwrap();
+    let target = std::fs::canonicalize(podwire_testkit::oci::find("iptables")).unwrap();
     std::fs::copy(&target, real.join("iptables")).unwrap();
     let wrapper = n.dir.path().join("wrapper");
     std::fs::write(
@@ -641,7 +594,7 @@ fn executed_tools_come_from_system_dirs_with_two_capabilities() {
 
 #[test]
 fn join_keeps_the_owner_of_config_json() {
-    let n = Net::new("join", "10.90.0.0/24", "pwbr0", None);
+    let n = net("join", "10.90.0.0/24", "pwbr0", None);
     let bundle = n.dir.path().join("bundle");
     std::fs::create_dir_all(&bundle).unwrap();
     let cfg = bundle.join("config.json");
@@ -727,7 +680,7 @@ fn soak_four_workers_three_hundred_random_operations_two_networks_one_bridge() {
     const OPS: u64 = 300;
     const SLOTS: u64 = 6;
     let shared = TempDir::new("soak");
-    let a = Net::new("soaka", "10.89.1.0/26", "pwbr0", Some(&shared));
+    let a = net("soaka", "10.89.1.0/26", "pwbr0", Some(&shared));
     node_nic(&a.node.node);
     let node = &a.node.node;
     node.ok("ip", &["route", "add", "default", "via", "192.168.50.1"]);
@@ -782,11 +735,8 @@ fn soak_four_workers_three_hundred_random_operations_two_networks_one_bridge() {
     let errors: std::sync::Mutex<Vec<String>> = Default::default();
     let counts: std::sync::Mutex<std::collections::BTreeMap<&str, u64>> = Default::default();
     let shim = |net: usize, args: &[&str]| -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", node.path().display()))
-            .arg("--")
-            .arg(bin("runtime-shim"))
-            .args(args)
+        let mut c = shim_in(node);
+        c.args(args)
             .arg("--config")
             .arg(&confs[net])
             .stdin(Stdio::null())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use podwire_tests::*;
+use podwire_testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(20);
 

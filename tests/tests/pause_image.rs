@@ -6,15 +6,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use podwire_tests::podman::Podman;
-use podwire_tests::*;
+use podwire_testkit::podman::Podman;
+use podwire_testkit::*;
 
 fn json_file(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 fn build_image(dir: &Path, image_ref: &str) -> std::path::PathBuf {
-    podwire_tests::podman::build_pause_image(dir, image_ref)
+    podwire_testkit::podman::build_pause_image(dir, image_ref)
 }
 
 #[test]

@@ -8,9 +8,9 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use podwire_tests::oci;
-use podwire_tests::podman::{Podman, build_pause_image};
-use podwire_tests::*;
+use podwire_testkit::oci;
+use podwire_testkit::podman::{Podman, build_pause_image};
+use podwire_testkit::*;
 use serde_json::{Value, json};
 
 const PAUSE: &str = "localhost/podwire/pause:e2e";

@@ -9,8 +9,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use podwire_tests::oci::{self, Runc};
-use podwire_tests::*;
+use podwire_testkit::oci::{self, Runc};
+use podwire_testkit::*;
 use serde_json::Value;
 
 fn text(o: &Output) -> String {

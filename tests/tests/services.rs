@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use podwire_tests::*;
+use podwire_testkit::*;
 
 const VIP: &str = "10.96.0.10";
 const EMPTY_VIP: &str = "10.96.0.11";

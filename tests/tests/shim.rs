@@ -4,84 +4,49 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use podwire_tests::*;
+use podwire_testkit::*;
 
-/// A node with a bridge network config and a private IPAM dir.
-struct Net {
-    node: Node,
-    dir: TempDir,
-    name: String,
-    config: PathBuf,
+type Net = Network;
+
+/// A network of `ranges` on bridge `pwbr0`, `extra` being top-level fields as JSON text
+/// (each followed by a comma).
+fn net(tag: &str, ranges: &str, extra: &str) -> Net {
+    let json =
+        format!(r#"{{{extra} "bridge":"pwbr0","ipam":{{"type":"host-local","ranges":{ranges}}}}}"#);
+    Network::new(tag, serde_json::from_str(&json).unwrap())
 }
 
-impl Net {
-    fn new(tag: &str, ranges: &str, extra: &str) -> Net {
-        let node = Node::new(tag);
-        let dir = TempDir::new(tag);
-        let name = format!("pw{tag}");
-        let config = dir.path().join("net.json");
-        let json = format!(
-            r#"{{"cniVersion":"1.0.0","name":"{name}","type":"runtime-shim","bridge":"pwbr0",
-                {extra}
-                "ipam":{{"type":"host-local","ranges":{ranges},"dataDir":"{}"}}}}"#,
-            dir.path().join("ipam").display()
-        );
-        std::fs::write(&config, json).unwrap();
-        Net {
-            node,
-            dir,
-            name,
-            config,
-        }
-    }
+fn standard(tag: &str) -> Net {
+    net(
+        tag,
+        r#"[[{"subnet":"10.77.0.0/24"}]]"#,
+        r#""isDefaultGateway":true,"ipMasq":true,"hairpinMode":true,"#,
+    )
+}
 
-    fn standard(tag: &str) -> Net {
-        Net::new(
-            tag,
-            r#"[[{"subnet":"10.77.0.0/24"}]]"#,
-            r#""isDefaultGateway":true,"ipMasq":true,"hairpinMode":true,"#,
-        )
-    }
+/// What these tests ask of a network beyond the fixture's.
+trait ShimNet {
+    fn try_setup_env(&self, env: &[(&str, &str)], netns: &Path, id: &str) -> Output;
+    fn try_setup(&self, netns: &Path, id: &str) -> Output;
+    /// A setup that must succeed; its result.
+    fn setup_pod(&self, pod: &Ns, id: &str) -> serde_json::Value;
+    fn masq_rules(&self, tool: &str) -> usize;
+}
 
-    /// Run runtime-shim inside the node namespace.
-    fn shim_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
-        let net = format!("--net={}", self.node.node.path().display());
-        let mut c = std::process::Command::new("nsenter");
-        c.args([net.as_str(), "--"])
-            .arg(bin("runtime-shim"))
-            .args(args);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.stdin(std::process::Stdio::null()).output().unwrap()
-    }
-
-    fn shim(&self, args: &[&str]) -> Output {
-        self.shim_env(&[], args)
-    }
-
-    /// `runtime-shim setup` for a pod namespace path, with optional environment.
+impl ShimNet for Net {
     fn try_setup_env(&self, env: &[(&str, &str)], netns: &Path, id: &str) -> Output {
-        let args = [
-            "setup",
-            "--netns",
-            netns.to_str().unwrap(),
-            "--id",
-            id,
-            "--config",
-            self.config.to_str().unwrap(),
-        ];
-        self.shim_env(env, &args)
+        let ns = netns.to_str().unwrap();
+        self.shim_env(env, &["setup", "--netns", ns, "--id", id])
     }
 
     fn try_setup(&self, netns: &Path, id: &str) -> Output {
         self.try_setup_env(&[], netns, id)
     }
 
-    fn setup(&self, pod: &Ns, id: &str) -> serde_json::Value {
+    fn setup_pod(&self, pod: &Ns, id: &str) -> serde_json::Value {
         let out = self.try_setup(&pod.path(), id);
         assert!(
             out.status.success(),
@@ -89,32 +54,6 @@ impl Net {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn teardown(&self, netns: Option<&Path>, id: &str) -> Output {
-        let mut a = vec![
-            "teardown",
-            "--id",
-            id,
-            "--config",
-            self.config.to_str().unwrap(),
-        ];
-        let p;
-        if let Some(n) = netns {
-            p = n.display().to_string();
-            a.extend(["--netns", &p]);
-        }
-        self.shim(&a)
-    }
-
-    /// Host-side veths (our naming: pw + 12 hex).
-    fn host_veths(&self) -> Vec<String> {
-        podwire_veths(&self.node.node)
-    }
-
-    /// IPAM records (files named by an address).
-    fn records(&self) -> Vec<String> {
-        ipam_records(&self.dir.path().join("ipam"), &self.name)
     }
 
     fn masq_rules(&self, tool: &str) -> usize {
@@ -141,15 +80,15 @@ fn ping(from: &Ns, to: &str) -> bool {
 #[test]
 fn two_pods_reach_each_other_and_the_gateway_dual_stack() {
     require_tool("busybox");
-    let mut n = Net::new(
+    let mut n = net(
         "two",
         r#"[[{"subnet":"10.77.0.0/24"}],[{"subnet":"fd00:77::/64"}]]"#,
         r#""isDefaultGateway":true,"ipMasq":true,"hairpinMode":true,"mtu":1400,"#,
     );
     let a = n.node.add_pod("a");
     let b = n.node.add_pod("b");
-    let ra = n.setup(n.node.pod(a), "poda");
-    let rb = n.setup(n.node.pod(b), "podb");
+    let ra = n.setup_pod(n.node.pod(a), "poda");
+    let rb = n.setup_pod(n.node.pod(b), "podb");
     // Result shape: bridge, host veth, pod interface (with sandbox) and its addresses.
     assert_eq!(ra["interfaces"][0]["name"], "pwbr0");
     assert_eq!(ra["interfaces"][2]["name"], "eth0");
@@ -237,7 +176,7 @@ fn two_pods_reach_each_other_and_the_gateway_dual_stack() {
 fn masquerade_lets_pods_reach_a_host_beyond_the_node() {
     // An "outside" host of our own (a namespace on a TEST-NET-2 link from the node) that
     // has no route back to the pod subnet: a pod reaches it only if the node masquerades.
-    let mut n = Net::standard("masq");
+    let mut n = standard("masq");
     let p = n.node.add_pod("p");
     let ext = Ns::new("ext");
     let node = &n.node.node;
@@ -252,7 +191,7 @@ fn masquerade_lets_pods_reach_a_host_beyond_the_node() {
     node.ok("ip", &["link", "set", "pwext0", "up"]);
     ext.ok("ip", &["addr", "add", "198.51.100.2/24", "dev", "pwext1"]);
     ext.ok("ip", &["link", "set", "pwext1", "up"]);
-    n.setup(n.node.pod(p), "p1");
+    n.setup_pod(n.node.pod(p), "p1");
     assert!(
         ping(n.node.pod(p), "198.51.100.2"),
         "masqueraded traffic gets an answer"
@@ -278,7 +217,7 @@ fn masquerade_lets_pods_reach_a_host_beyond_the_node() {
 
 #[test]
 fn hundred_setups_from_two_concurrent_workers() {
-    let mut n = Net::standard("par");
+    let mut n = standard("par");
     let pods: Vec<usize> = (0..100).map(|i| n.node.add_pod(&format!("p{i}"))).collect();
     let results: Vec<(String, serde_json::Value)> = std::thread::scope(|s| {
         let n = &n;
@@ -291,7 +230,7 @@ fn hundred_setups_from_two_concurrent_workers() {
                         .step_by(2)
                         .map(|&i| {
                             let id = format!("c{i}");
-                            let r = n.setup(n.node.pod(i), &id);
+                            let r = n.setup_pod(n.node.pod(i), &id);
                             (id, r)
                         })
                         .collect::<Vec<_>>()
@@ -337,7 +276,7 @@ fn hundred_setups_from_two_concurrent_workers() {
 fn a_kernel_failure_midway_leaves_nothing_behind() {
     // Every step's rollback is unit-tested over the kernel seam (apply::tests); here the
     // real kernel fails one step.
-    let mut n = Net::standard("fault");
+    let mut n = standard("fault");
     let p = n.node.add_pod("p");
     let path = n.node.pod(p).path();
     // A kernel-side failure midway: eth0 already exists in the pod, so creating the veth
@@ -355,7 +294,7 @@ fn a_kernel_failure_midway_leaves_nothing_behind() {
     assert!(n.host_veths().is_empty() && n.records().is_empty());
     // A pre-existing host veth name: refused before anything changes.
     let p2 = n.node.add_pod("p2");
-    n.setup(n.node.pod(p2), "c2");
+    n.setup_pod(n.node.pod(p2), "c2");
     let out = n.try_setup(&path, "c2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("already set up"));
     assert_eq!(n.records().len(), 1);
@@ -363,16 +302,16 @@ fn a_kernel_failure_midway_leaves_nothing_behind() {
 
 #[test]
 fn teardown_is_idempotent_and_works_after_the_namespace_is_gone() {
-    let mut n = Net::standard("td");
+    let mut n = standard("td");
     let a = n.node.add_pod("a");
-    n.setup(n.node.pod(a), "c1");
+    n.setup_pod(n.node.pod(a), "c1");
     let path = n.node.pod(a).path();
     assert!(n.teardown(Some(&path), "c1").status.success());
     assert!(n.teardown(Some(&path), "c1").status.success(), "twice");
     assert!(n.host_veths().is_empty() && n.records().is_empty());
     // Now with the namespace deleted before teardown (as at OCI poststop).
     let b = n.node.add_pod("b");
-    n.setup(n.node.pod(b), "c2");
+    n.setup_pod(n.node.pod(b), "c2");
     let bpath = n.node.pod(b).path();
     n.node.pods.remove(b); // drops (deletes) the pod namespace; its veth goes with it
     let out = n.teardown(Some(&bpath), "c2");
@@ -388,7 +327,7 @@ fn teardown_is_idempotent_and_works_after_the_namespace_is_gone() {
 
 #[test]
 fn range_exhaustion_is_a_clear_error_and_frees_nothing_else() {
-    let mut n = Net::new(
+    let mut n = net(
         "exh",
         r#"[[{"subnet":"10.78.0.0/29"}]]"#,
         r#""isDefaultGateway":true,"#,
@@ -396,7 +335,7 @@ fn range_exhaustion_is_a_clear_error_and_frees_nothing_else() {
     let pods: Vec<usize> = (0..6).map(|i| n.node.add_pod(&format!("p{i}"))).collect();
     let mut ips = Vec::new();
     for &i in &pods[..5] {
-        ips.push(ip_of(&n.setup(n.node.pod(i), &format!("c{i}")), 0));
+        ips.push(ip_of(&n.setup_pod(n.node.pod(i), &format!("c{i}")), 0));
     }
     let path = n.node.pod(pods[5]).path();
     let out = n.try_setup(&path, "c5");
@@ -417,7 +356,7 @@ fn range_exhaustion_is_a_clear_error_and_frees_nothing_else() {
 
 #[test]
 fn bad_input_is_rejected_before_anything_changes() {
-    let mut n = Net::standard("bad");
+    let mut n = standard("bad");
     let p = n.node.add_pod("p");
     let path = n.node.pod(p).path();
     let cfg = |json: &str| {
@@ -510,9 +449,9 @@ fn bad_input_is_rejected_before_anything_changes() {
 
 #[test]
 fn check_notices_a_missing_route() {
-    let mut n = Net::standard("chk");
+    let mut n = standard("chk");
     let p = n.node.add_pod("p");
-    n.setup(n.node.pod(p), "c1");
+    n.setup_pod(n.node.pod(p), "c1");
     let path = n.node.pod(p).path();
     let check = || {
         n.shim(&[
@@ -538,7 +477,7 @@ fn check_notices_a_missing_route() {
 fn library_setup_from_threads_via_run_in() {
     // The library API, as a long-running runtime would use it: node work on a run_in
     // thread, never moving the caller.
-    let mut n = Net::standard("lib");
+    let mut n = standard("lib");
     let p = n.node.add_pod("p");
     let bytes = std::fs::read(&n.config).unwrap();
     let (_, net) = runtime_shim::config::load(&bytes).unwrap();
@@ -568,9 +507,9 @@ fn library_setup_from_threads_via_run_in() {
 fn ipv6_link_local_only_where_a_pod_has_ipv6() {
     // Bridge ports never get one; IPv4-only pods get none (their DAD/MLD multicast would
     // be flooded to every pod on the bridge); dual-stack pods keep theirs.
-    let mut v4 = Net::standard("ll4");
+    let mut v4 = standard("ll4");
     let p = v4.node.add_pod("p");
-    v4.setup(v4.node.pod(p), "c1");
+    v4.setup_pod(v4.node.pod(p), "c1");
     let inet6 = |ns: &Ns, dev: &str| ns.ok("ip", &["-6", "-o", "addr", "show", "dev", dev]);
     assert_eq!(
         inet6(v4.node.pod(p), "eth0"),
@@ -585,13 +524,13 @@ fn ipv6_link_local_only_where_a_pod_has_ipv6() {
             "bridge port {h} has no IPv6 address"
         );
     }
-    let mut ds = Net::new(
+    let mut ds = net(
         "ll6",
         r#"[[{"subnet":"10.79.0.0/24"}],[{"subnet":"fd00:79::/64"}]]"#,
         r#""isDefaultGateway":true,"#,
     );
     let q = ds.node.add_pod("q");
-    ds.setup(ds.node.pod(q), "c2");
+    ds.setup_pod(ds.node.pod(q), "c2");
     let a = inet6(ds.node.pod(q), "eth0");
     assert!(
         a.contains("fd00:79::") && a.contains("fe80::"),

@@ -5,7 +5,9 @@
 
 use std::process::ExitCode;
 
-use podwire_tests::demo;
+mod walkthrough;
+
+use walkthrough as demo;
 
 fn main() -> ExitCode {
     let mut quiet = false;

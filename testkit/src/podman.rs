@@ -1,5 +1,5 @@
 //! A private podman for tests and the demo: its own store, run root and containers.conf
-//! (runc, capped ulimits, cgroupfs: see README "Runtime notes"), optionally run inside a
+//! (runc, capped ulimits, cgroupfs: see docs/testing.md, "Runtime notes"), optionally run inside a
 //! node namespace. Pods it made are removed on drop, and the store reset.
 
 use std::path::{Path, PathBuf};

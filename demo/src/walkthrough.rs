@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::oci::{self, Runc};
-use crate::{Ns, TempDir, bin, pause_bin, require_root, require_tool};
+use podwire_testkit::oci::{self, Runc};
+use podwire_testkit::{Ns, TempDir, bin, pause_bin, require_root, require_tool};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
