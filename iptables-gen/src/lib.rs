@@ -48,7 +48,7 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 pub enum Family {
     #[default]
     V4,
@@ -56,7 +56,7 @@ pub enum Family {
 }
 
 /// How kube-proxy tells pod traffic from everything else (`--detect-local-mode`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub enum LocalDetector {
     #[default]
     None,
@@ -66,8 +66,9 @@ pub enum LocalDetector {
     InterfaceNamePrefix(String),
 }
 
-/// The proxier settings that shape the rules (kube-proxy's flags and config).
-#[derive(Debug, Clone)]
+/// The proxier settings that shape the rules (kube-proxy's flags and config). Its JSON
+/// form is fingerprinted into the state: any change means a full sync.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Config {
     pub family: Family,
     /// `--hostname-override`: endpoints with this nodeName are local.

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{Error, Result};
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 pub struct Meta {
     #[serde(default)]
     pub name: String,
@@ -26,7 +26,7 @@ pub struct Meta {
     pub resource_version: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     #[serde(default)]
@@ -37,7 +37,7 @@ pub struct Service {
     pub status: ServiceStatus,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     #[serde(default, rename = "type")]
@@ -64,21 +64,21 @@ pub struct ServiceSpec {
     pub session_affinity_config: Option<AffinityConfig>,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AffinityConfig {
     #[serde(default, rename = "clientIP")]
     pub client_ip: Option<ClientIpConfig>,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientIpConfig {
     #[serde(default)]
     pub timeout_seconds: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortSpec {
     #[serde(default)]
@@ -91,20 +91,20 @@ pub struct PortSpec {
     pub node_port: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     #[serde(default)]
     pub load_balancer: Option<LbStatus>,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 pub struct LbStatus {
     #[serde(default)]
     pub ingress: Option<Vec<LbIngress>>,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LbIngress {
     #[serde(default)]
@@ -113,7 +113,7 @@ pub struct LbIngress {
     pub ip_mode: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
     #[serde(default)]
@@ -126,7 +126,7 @@ pub struct EndpointSlice {
     pub ports: Option<Vec<SlicePort>>,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SliceEndpoint {
     #[serde(default)]
@@ -137,7 +137,7 @@ pub struct SliceEndpoint {
     pub node_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Hash, Deserialize, Serialize)]
 pub struct Conditions {
     #[serde(default)]
     pub ready: Option<bool>,
@@ -147,7 +147,7 @@ pub struct Conditions {
     pub terminating: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Hash, Deserialize)]
+#[derive(Debug, Clone, Default, Hash, Deserialize, Serialize)]
 pub struct SlicePort {
     #[serde(default)]
     pub name: Option<String>,

@@ -1,9 +1,9 @@
 //! Rule generation: the four line buffers of kube-proxy's `syncProxyRules` (spec §3-§4),
 //! written straight into strings (10k services are ~40 MB of text).
 
+use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -173,39 +173,78 @@ fn random_seed() -> [u64; 2] {
     [r.hash_one(1u8), r.hash_one(2u8)]
 }
 
+/// Persisted digests (the state file outlives the binary): the first 8 bytes, read
+/// little-endian, of SHA-256 over the state's 16-byte secret (two little-endian u64s)
+/// followed by the inputs, each as a little-endian u64 length and its bytes. Stable
+/// across builds, platforms and Rust versions, unlike std's or foldhash's hashers.
+struct StableDigest(Sha256);
+
+impl StableDigest {
+    fn keyed(seed: [u64; 2]) -> StableDigest {
+        let mut h = Sha256::new();
+        h.update(seed[0].to_le_bytes());
+        h.update(seed[1].to_le_bytes());
+        StableDigest(h)
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    fn finish(self) -> u64 {
+        let d = self.0.finalize();
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[..8]);
+        u64::from_le_bytes(b)
+    }
+}
+
 /// Keyed by the state's secret, so a crafted object cannot be made to keep its previous
 /// digest. Objects from the API server carry a `resourceVersion`, which changes on every
 /// write (what kube-proxy's watch reacts to): when the service and all its slices have
-/// one, those are the digest (O(objects)); otherwise the whole content is (O(endpoints)).
-fn group_digest(shared: &foldhash::SharedSeed, seed: u64, g: &Group) -> u64 {
-    let mut h = foldhash::quality::FoldHasher::with_seed(seed, shared);
+/// one, the names and those are the digest (O(objects)); otherwise the objects' JSON is
+/// (O(endpoints)).
+fn group_digest(seed: [u64; 2], g: &Group) -> u64 {
+    let mut h = StableDigest::keyed(seed);
     let versioned = g
         .service
         .is_none_or(|s| s.metadata.resource_version.is_some())
         && g.slices
             .iter()
             .all(|s| s.metadata.resource_version.is_some());
-    versioned.hash(&mut h);
+    let rv = |m: &crate::model::Meta| m.resource_version.clone().unwrap_or_default();
     if versioned {
-        g.service
-            .map(|s| (&s.metadata.name, &s.metadata.resource_version))
-            .hash(&mut h);
-        g.slices.len().hash(&mut h);
+        h.field(b"versions");
+        match g.service {
+            Some(s) => {
+                h.field(s.metadata.name.as_bytes());
+                h.field(rv(&s.metadata).as_bytes());
+            }
+            None => h.field(b""),
+        }
+        h.field(&(g.slices.len() as u64).to_le_bytes());
         for sl in &g.slices {
-            (&sl.metadata.name, &sl.metadata.resource_version).hash(&mut h);
+            h.field(sl.metadata.name.as_bytes());
+            h.field(rv(&sl.metadata).as_bytes());
         }
     } else {
-        g.service.hash(&mut h);
-        g.slices.hash(&mut h);
+        h.field(b"content");
+        h.field(&serde_json::to_vec(&g.service).unwrap_or_default());
+        h.field(&(g.slices.len() as u64).to_le_bytes());
+        for sl in &g.slices {
+            h.field(&serde_json::to_vec(sl).unwrap_or_default());
+        }
     }
     h.finish()
 }
 
-/// Settings that change per-service text, and large-cluster mode.
+/// Settings that change per-service text, and large-cluster mode (their JSON, digested as
+/// above with a zero key).
 fn config_fingerprint(cfg: &Config, large: bool) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    format!("{cfg:?}").hash(&mut h);
-    large.hash(&mut h);
+    let mut h = StableDigest::keyed([0, 0]);
+    h.field(&serde_json::to_vec(cfg).unwrap_or_default());
+    h.field(&[u8::from(large)]);
     h.finish()
 }
 
@@ -216,7 +255,6 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
     let groups = proxier::groups(objs);
     let prev = plan.previous.as_ref();
     let seed = prev.map_or_else(random_seed, |p| p.seed);
-    let shared_seed = foldhash::SharedSeed::from_u64(seed[1]);
     let mut warnings = Vec::new();
 
     // Digests, and the models of what changed (the rest is counted from the state).
@@ -226,7 +264,7 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
     let mut total = 0usize;
     let mut key = String::new();
     for g in &groups {
-        let d = group_digest(&shared_seed, seed[0], g);
+        let d = group_digest(seed, g);
         digests.push(d);
         let same = prev
             .filter(|_| !plan.full)

@@ -5,9 +5,14 @@
 //! failed restore removes the state, so the next run is a full sync.
 //!
 //! Format (text, compact: 10k services x 10 endpoints is ~120k chain names):
-//! `podwire-iptables-gen 2 <family>`, `k <seed> <seed>` (the digest key), `f <fingerprint>`,
+//! `podwire-iptables-gen 3 <family>`, `k <seed> <seed>` (the digest key), `f <fingerprint>`,
 //! then per service `s <digest> <endpoints> <ns/name> <svc port name|-> <protocol|->`
-//! followed by its `c <chain>` lines. A state of another version means a full sync.
+//! followed by its `c <chain>` lines. Object content is percent-encoded (see [`encode`]).
+//! Digests and the fingerprint are SHA-256 based with a documented encoding (`rules.rs`,
+//! `StableDigest`), so they mean the same to every build. A version 2 state (digests from
+//! foldhash and std's hasher) is read once more for its chains, and its fingerprint is
+//! dropped, so that run is a full sync that still removes the old chains; it is then
+//! replaced by a version 3 state. Any other version is an error: a full sync.
 
 use std::fs;
 use std::io;
@@ -16,7 +21,9 @@ use std::sync::Arc;
 
 use crate::{Error, Family, Result, ServiceState, SyncState};
 
-const MAGIC: &str = "podwire-iptables-gen 2";
+const MAGIC: &str = "podwire-iptables-gen 3";
+/// The previous format: same records, digests from hashers with no stable output.
+const MAGIC_V2: &str = "podwire-iptables-gen 2";
 
 fn family_name(f: Family) -> &'static str {
     match f {
@@ -119,7 +126,10 @@ pub fn parse(text: &str, f: Family, path: &Path) -> Result<SyncState> {
     };
     let mut lines = text.lines();
     let header = format!("{MAGIC} {}", family_name(f));
-    if lines.next() != Some(header.as_str()) {
+    let v2_header = format!("{MAGIC_V2} {}", family_name(f));
+    let first = lines.next();
+    let v2 = first == Some(v2_header.as_str());
+    if first != Some(header.as_str()) && !v2 {
         return Err(corrupt("bad header (another version or family)".into()));
     }
     let hex = |t: Option<&str>, n: usize| {
@@ -181,6 +191,10 @@ pub fn parse(text: &str, f: Family, path: &Path) -> Result<SyncState> {
         }
     }
     finish(&mut cur, &mut st);
+    if v2 {
+        // No fingerprint of this build can match: the next sync is a full one.
+        st.fingerprint = 0;
+    }
     Ok(st)
 }
 
@@ -238,6 +252,21 @@ pub fn invalidate(dir: &Path, f: Family) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_2_state_is_read_once_for_its_chains_and_forces_a_full_sync() {
+        let v2 =
+            "podwire-iptables-gen 2 IPv4\nk 1 2\nf abc\ns 5 3 ns/web http tcp\nc KUBE-SVC-ABC\n";
+        let st = parse(v2, Family::V4, Path::new("s")).unwrap();
+        assert_eq!(st.fingerprint, 0);
+        let (k, s) = st.services.iter().next().unwrap();
+        assert_eq!(
+            (&**k, s.chains.clone()),
+            ("ns/web", vec!["KUBE-SVC-ABC".to_string()])
+        );
+        assert!(render(&st, Family::V4).starts_with("podwire-iptables-gen 3 IPv4\n"));
+        assert!(parse("podwire-iptables-gen 1 IPv4\n", Family::V4, Path::new("s")).is_err());
+    }
 
     #[test]
     fn object_content_cannot_forge_a_record() {
@@ -307,7 +336,7 @@ mod tests {
         assert!(same(&parse(&text, Family::V4, p).unwrap(), &st), "{text}");
         assert!(parse(&text, Family::V6, p).is_err(), "family mismatch");
         assert!(parse("garbage", Family::V4, p).is_err());
-        let v1 = text.replace("iptables-gen 2", "iptables-gen 1");
+        let v1 = text.replace("iptables-gen 3", "iptables-gen 1");
         assert!(parse(&v1, Family::V4, p).is_err(), "older format");
         let bad = text.replace("KUBE-SVC-AAAAAAAAAAAAAAAA", "KUBE-SVC-A\"; rm -rf");
         assert!(parse(&bad, Family::V4, p).is_err());

@@ -19,6 +19,11 @@ fn net(tag: &str, ranges: &str, extra: &str) -> Net {
     Network::new(tag, serde_json::from_str(&json).unwrap())
 }
 
+/// runtime-shim in the node with exactly `args` (they name their own config).
+fn raw(n: &Net, args: &[&str]) -> Output {
+    shim_in(&n.node.node).args(args).output().unwrap()
+}
+
 fn standard(tag: &str) -> Net {
     net(
         tag,
@@ -147,15 +152,18 @@ fn two_pods_reach_each_other_and_the_gateway_dual_stack() {
     assert_eq!(n.masq_rules("iptables"), 1);
     assert_eq!(n.masq_rules("ip6tables"), 1);
     // check passes.
-    let c = n.shim(&[
-        "check",
-        "--netns",
-        n.node.pod(a).path().to_str().unwrap(),
-        "--id",
-        "poda",
-        "--config",
-        n.config.to_str().unwrap(),
-    ]);
+    let c = raw(
+        &n,
+        &[
+            "check",
+            "--netns",
+            n.node.pod(a).path().to_str().unwrap(),
+            "--id",
+            "poda",
+            "--config",
+            n.config.to_str().unwrap(),
+        ],
+    );
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     for id in ["poda", "podb"] {
         assert!(n.teardown(None, id).status.success());
@@ -165,7 +173,7 @@ fn two_pods_reach_each_other_and_the_gateway_dual_stack() {
     // Masquerade is per network: pod teardown leaves it; unmasq removes it.
     assert_eq!(n.masq_rules("iptables"), 1);
     assert!(
-        n.shim(&["unmasq", "--config", n.config.to_str().unwrap()])
+        raw(&n, &["unmasq", "--config", n.config.to_str().unwrap()])
             .status
             .success()
     );
@@ -198,7 +206,7 @@ fn masquerade_lets_pods_reach_a_host_beyond_the_node() {
     );
     // Negative control: without the rule the outside host cannot answer.
     assert!(
-        n.shim(&["unmasq", "--config", n.config.to_str().unwrap()])
+        raw(&n, &["unmasq", "--config", n.config.to_str().unwrap()])
             .status
             .success()
     );
@@ -379,32 +387,38 @@ fn bad_input_is_rejected_before_anything_changes() {
     ];
     for (json, want) in cases {
         let f = cfg(&json);
-        let out = n.shim(&[
-            "setup",
-            "--netns",
-            path.to_str().unwrap(),
-            "--id",
-            "c1",
-            "--config",
-            f.to_str().unwrap(),
-        ]);
+        let out = raw(
+            &n,
+            &[
+                "setup",
+                "--netns",
+                path.to_str().unwrap(),
+                "--id",
+                "c1",
+                "--config",
+                f.to_str().unwrap(),
+            ],
+        );
         assert_eq!(out.status.code(), Some(1), "{json}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{json}: {err}");
     }
     // A missing namespace, a bad container id, a too-long ifname.
     let args = |netns: &str, id: &str, ifname: &str| {
-        n.shim(&[
-            "setup",
-            "--netns",
-            netns,
-            "--id",
-            id,
-            "--ifname",
-            ifname,
-            "--config",
-            n.config.to_str().unwrap(),
-        ])
+        raw(
+            &n,
+            &[
+                "setup",
+                "--netns",
+                netns,
+                "--id",
+                id,
+                "--ifname",
+                ifname,
+                "--config",
+                n.config.to_str().unwrap(),
+            ],
+        )
     };
     let out = args("/run/netns/pwt-does-not-exist", "c1", "eth0");
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
@@ -454,15 +468,18 @@ fn check_notices_a_missing_route() {
     n.setup_pod(n.node.pod(p), "c1");
     let path = n.node.pod(p).path();
     let check = || {
-        n.shim(&[
-            "check",
-            "--netns",
-            path.to_str().unwrap(),
-            "--id",
-            "c1",
-            "--config",
-            n.config.to_str().unwrap(),
-        ])
+        raw(
+            &n,
+            &[
+                "check",
+                "--netns",
+                path.to_str().unwrap(),
+                "--id",
+                "c1",
+                "--config",
+                n.config.to_str().unwrap(),
+            ],
+        )
     };
     assert!(check().status.success());
     n.node.pod(p).ok("ip", &["route", "del", "default"]);
