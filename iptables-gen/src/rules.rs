@@ -1,9 +1,9 @@
 //! Rule generation: the four line buffers of kube-proxy's `syncProxyRules` (spec §3-§4),
 //! written straight into strings (10k services are ~40 MB of text).
 
-use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -173,37 +173,77 @@ fn random_seed() -> [u64; 2] {
     [r.hash_one(1u8), r.hash_one(2u8)]
 }
 
-/// Persisted digests (the state file outlives the binary): the first 8 bytes, read
-/// little-endian, of SHA-256 over the state's 16-byte secret (two little-endian u64s)
-/// followed by the inputs, each as a little-endian u64 length and its bytes. Stable
-/// across builds, platforms and Rust versions, unlike std's or foldhash's hashers.
-struct StableDigest(Sha256);
+/// Persisted digests (the state file outlives the binary): SipHash-1-3 keyed with the
+/// state's 128-bit secret (`k0`, `k1`) over the bytes fed to this hasher. Integers are
+/// fed little-endian, `usize` and `isize` as 64 bits, so the output is the same on every
+/// platform and build, unlike std's or foldhash's hashers (whose algorithms are not
+/// specified). Objects are fed
+/// through their derived `Hash` (fields in declaration order; a string as its bytes and
+/// 0xff; an `Option` or enum as its variant index, then its fields; a sequence as its
+/// length, then its items).
+struct StableDigest(siphasher::sip::SipHasher13);
 
 impl StableDigest {
     fn keyed(seed: [u64; 2]) -> StableDigest {
-        let mut h = Sha256::new();
-        h.update(seed[0].to_le_bytes());
-        h.update(seed[1].to_le_bytes());
-        StableDigest(h)
+        StableDigest(siphasher::sip::SipHasher13::new_with_keys(seed[0], seed[1]))
     }
 
+    /// A length-prefixed field (unambiguous next to the one after it).
     fn field(&mut self, bytes: &[u8]) {
-        self.0.update((bytes.len() as u64).to_le_bytes());
-        self.0.update(bytes);
+        self.write_u64(bytes.len() as u64);
+        self.write(bytes);
     }
+}
 
-    fn finish(self) -> u64 {
-        let d = self.0.finalize();
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&d[..8]);
-        u64::from_le_bytes(b)
+impl Hasher for StableDigest {
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.0.write(&[i]);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.0.write(&i.to_le_bytes());
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.0.write(&i.to_le_bytes());
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0.write(&i.to_le_bytes());
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.0.write(&i.to_le_bytes());
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_i8(&mut self, i: i8) {
+        self.write_u8(i as u8);
+    }
+    fn write_i16(&mut self, i: i16) {
+        self.write_u16(i as u16);
+    }
+    fn write_i32(&mut self, i: i32) {
+        self.write_u32(i as u32);
+    }
+    fn write_i64(&mut self, i: i64) {
+        self.write_u64(i as u64);
+    }
+    fn write_i128(&mut self, i: i128) {
+        self.write_u128(i as u128);
+    }
+    fn write_isize(&mut self, i: isize) {
+        self.write_u64(i as u64);
     }
 }
 
 /// Keyed by the state's secret, so a crafted object cannot be made to keep its previous
 /// digest. Objects from the API server carry a `resourceVersion`, which changes on every
 /// write (what kube-proxy's watch reacts to): when the service and all its slices have
-/// one, the names and those are the digest (O(objects)); otherwise the objects' JSON is
+/// one, the names and those are the digest (O(objects)); otherwise the whole content is
 /// (O(endpoints)).
 fn group_digest(seed: [u64; 2], g: &Group) -> u64 {
     let mut h = StableDigest::keyed(seed);
@@ -213,7 +253,9 @@ fn group_digest(seed: [u64; 2], g: &Group) -> u64 {
         && g.slices
             .iter()
             .all(|s| s.metadata.resource_version.is_some());
-    let rv = |m: &crate::model::Meta| m.resource_version.clone().unwrap_or_default();
+    fn rv(m: &crate::model::Meta) -> &str {
+        m.resource_version.as_deref().unwrap_or("")
+    }
     if versioned {
         h.field(b"versions");
         match g.service {
@@ -223,18 +265,15 @@ fn group_digest(seed: [u64; 2], g: &Group) -> u64 {
             }
             None => h.field(b""),
         }
-        h.field(&(g.slices.len() as u64).to_le_bytes());
+        h.write_u64(g.slices.len() as u64);
         for sl in &g.slices {
             h.field(sl.metadata.name.as_bytes());
             h.field(rv(&sl.metadata).as_bytes());
         }
     } else {
         h.field(b"content");
-        h.field(&serde_json::to_vec(&g.service).unwrap_or_default());
-        h.field(&(g.slices.len() as u64).to_le_bytes());
-        for sl in &g.slices {
-            h.field(&serde_json::to_vec(sl).unwrap_or_default());
-        }
+        g.service.hash(&mut h);
+        g.slices.hash(&mut h);
     }
     h.finish()
 }
@@ -244,7 +283,7 @@ fn group_digest(seed: [u64; 2], g: &Group) -> u64 {
 fn config_fingerprint(cfg: &Config, large: bool) -> u64 {
     let mut h = StableDigest::keyed([0, 0]);
     h.field(&serde_json::to_vec(cfg).unwrap_or_default());
-    h.field(&[u8::from(large)]);
+    h.write_u8(u8::from(large));
     h.finish()
 }
 
