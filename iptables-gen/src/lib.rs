@@ -20,8 +20,8 @@ pub use rules::{Generated, ServiceState, SyncPlan, SyncState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Malformed JSON; the message carries line and column.
-    #[error("malformed JSON input: {0}")]
+    /// Malformed JSON; the source carries line and column.
+    #[error("malformed JSON input")]
     Json(#[source] serde_json::Error),
     #[error("invalid option {option}: {reason}")]
     Option { option: String, reason: String },
@@ -29,7 +29,7 @@ pub enum Error {
     Strict { count: usize, first: String },
     #[error("iptables-restore text, line {line}: {reason}")]
     Parse { line: usize, reason: String },
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: String,
@@ -47,6 +47,19 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes, one after the other: how the binary prints an error, once,
+/// at its edge.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 pub enum Family {

@@ -548,7 +548,10 @@ fn run(cli: Cli) -> Result<()> {
         Some(d) => match state::load(d, cfg.family) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("iptables-gen: {e}; doing a full sync");
+                eprintln!(
+                    "iptables-gen: {}; doing a full sync",
+                    iptables_gen::error_chain(&e)
+                );
                 None
             }
         },
@@ -621,7 +624,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("iptables-gen: {e}");
+            eprintln!("iptables-gen: {}", iptables_gen::error_chain(&e));
             ExitCode::from(1)
         }
     }

@@ -590,6 +590,6 @@ mod tests {
             &mut Objects::default(),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("line 1 column"), "{e}");
+        assert!(crate::error_chain(&e).contains("line 1 column"), "{e}");
     }
 }

@@ -8,8 +8,8 @@
 //! `podwire-iptables-gen 3 <family>`, `k <seed> <seed>` (the digest key), `f <fingerprint>`,
 //! then per service `s <digest> <endpoints> <ns/name> <svc port name|-> <protocol|->`
 //! followed by its `c <chain>` lines. Object content is percent-encoded (see [`encode`]).
-//! Digests and the fingerprint are SHA-256 based with a documented encoding (`rules.rs`,
-//! `StableDigest`), so they mean the same to every build. A version 2 state (digests from
+//! Digests and the fingerprint are keyed SipHash-1-3 with a documented encoding
+//! (`rules.rs`, `StableDigest`), so they mean the same to every build. A version 2 state (digests from
 //! foldhash and std's hasher) is read once more for its chains, and its fingerprint is
 //! dropped, so that run is a full sync that still removes the old chains; it is then
 //! replaced by a version 3 state. Any other version is an error: a full sync.

@@ -27,6 +27,19 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// Longest accepted namespace name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
+/// An error and its causes, one after the other: how a binary prints an error, once, at
+/// its edge (messages never repeat their cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,14 +60,14 @@ pub enum Error {
     Busy { path: PathBuf },
     #[error("{op} {path}: permission denied (needs root: CAP_SYS_ADMIN)")]
     Permission { op: &'static str, path: PathBuf },
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Sys {
         op: &'static str,
         path: PathBuf,
         #[source]
         source: Errno,
     },
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -583,7 +596,8 @@ mod tests {
                 ..
             }
         ));
-        assert!(e.to_string().starts_with("mount /x: "));
+        assert_eq!(e.to_string(), "mount /x", "the cause is not repeated");
+        assert!(error_chain(&e).starts_with("mount /x: "));
         assert!(std::error::Error::source(&e).is_some());
         let e = io_err(
             "open",

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     match run(cli.cmd) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("netns: {e}");
+            eprintln!("netns: {}", netns::error_chain(&e));
             ExitCode::from(1)
         }
     }
@@ -78,7 +78,7 @@ fn run(cmd: Cmd) -> netns::Result<ExitCode> {
             let ns = netns::NetNs::from_name(&name)?;
             let (program, args) = command.split_first().expect("clap requires a command");
             let err = netns::exec_in(&ns, program, args);
-            eprintln!("netns: {err}");
+            eprintln!("netns: {}", netns::error_chain(&err));
             let code = match &err {
                 netns::Error::Io { source, .. }
                     if source.kind() == std::io::ErrorKind::NotFound =>

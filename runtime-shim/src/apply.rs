@@ -16,7 +16,7 @@ use crate::kernel::{Kernel, Real, VethSpec, forwarding_sysctl};
 use crate::link::{Link, mac_string};
 use crate::plan::{Plan, plan};
 use crate::result::{self, CniResult};
-use crate::{Error, Result, masq, validate_container_id, validate_ifname};
+use crate::{Error, Mismatch, Result, masq, validate_container_id, validate_ifname};
 
 /// The steps of a setup, in order. Each one that changes something pushes its undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -158,7 +158,10 @@ impl Txn<'_> {
                 Undo::Unmasq(subnet) => k.masq_remove(&self.net.name, subnet).map(|_| ()),
             };
             if let Err(e) = r {
-                eprintln!("runtime-shim: undo failed (continuing): {e}");
+                eprintln!(
+                    "runtime-shim: undo failed (continuing): {}",
+                    crate::chain(&e)
+                );
             }
         }
     }
@@ -180,9 +183,12 @@ fn ensure_bridge(k: &mut dyn Kernel, p: &Plan, undo: &mut Vec<Undo>) -> Result<L
             if k.create_bridge(&p.bridge, p.mtu, p.bridge_mac)? {
                 undo.push(Undo::DeleteBridgeIfUnused(p.bridge.clone()));
             }
-            let br = k.link(&p.bridge)?.ok_or_else(|| Error::Netlink {
-                op: format!("bridge {} vanished right after creation", p.bridge),
-                source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
+            let br = k.link(&p.bridge)?.ok_or_else(|| {
+                crate::link::nl_err(
+                    crate::link::NlOp::FindNewLink,
+                    &p.bridge,
+                    std::io::Error::from_raw_os_error(nix::libc::ENODEV),
+                )
             })?;
             check_is_bridge(&br, &p.bridge)?;
             br
@@ -440,7 +446,7 @@ pub fn teardown_with(
     let mut first_err: Option<Error> = None;
     let mut keep = |r: Result<()>| {
         if let Err(e) = r {
-            eprintln!("runtime-shim: teardown: {e}");
+            eprintln!("runtime-shim: teardown: {}", crate::chain(&e));
             first_err.get_or_insert(e);
         }
     };
@@ -487,9 +493,10 @@ pub fn check(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
     let ips = store.get_by_id(id, ifname)?;
     drop(store);
     if ips.is_empty() {
-        return Err(Error::Check(format!(
-            "no address is reserved for {id}/{ifname}"
-        )));
+        return Err(Error::Check(Mismatch::NotReserved {
+            id: id.into(),
+            ifname: ifname.into(),
+        }));
     }
     let allocs: Vec<_> = ips
         .iter()
@@ -510,31 +517,34 @@ pub fn check(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
     let mut nl = crate::link::Netlink::open()?;
     let br = nl
         .link_by_name(&p.bridge)?
-        .ok_or_else(|| Error::Check(format!("bridge {} is missing", p.bridge)))?;
+        .ok_or_else(|| Error::Check(Mismatch::BridgeMissing(p.bridge.clone())))?;
     let host = nl
         .link_by_name(&p.host_veth)?
-        .ok_or_else(|| Error::Check(format!("host veth {} is missing", p.host_veth)))?;
+        .ok_or_else(|| Error::Check(Mismatch::VethMissing(p.host_veth.clone())))?;
     if host.controller != Some(br.index) {
-        return Err(Error::Check(format!(
-            "host veth {} is not attached to bridge {}",
-            p.host_veth, p.bridge
-        )));
+        return Err(Error::Check(Mismatch::VethNotOnBridge {
+            veth: p.host_veth.clone(),
+            bridge: p.bridge.clone(),
+        }));
     }
     if !host.up {
-        return Err(Error::Check(format!("host veth {} is down", p.host_veth)));
+        return Err(Error::Check(Mismatch::VethDown(p.host_veth.clone())));
     }
     netns::run_in(&pod, || -> Result<()> {
         let mut nl = crate::link::Netlink::open()?;
         let eth = nl
             .link_by_name(ifname)?
-            .ok_or_else(|| Error::Check(format!("{ifname} is missing in the pod")))?;
+            .ok_or_else(|| Error::Check(Mismatch::PodLinkMissing(ifname.into())))?;
         if !eth.up {
-            return Err(Error::Check(format!("{ifname} is down in the pod")));
+            return Err(Error::Check(Mismatch::PodLinkDown(ifname.into())));
         }
         let have = nl.addresses(eth.index)?;
         for a in &p.pod_addrs {
             if !have.contains(a) {
-                return Err(Error::Check(format!("{ifname} lacks address {a}")));
+                return Err(Error::Check(Mismatch::AddressMissing {
+                    ifname: ifname.into(),
+                    addr: *a,
+                }));
             }
         }
         let routes = nl.routes()?;
@@ -543,15 +553,17 @@ pub fn check(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
                 .iter()
                 .any(|x| x.dst == r.dst && x.gw == r.gw && x.oif == Some(eth.index))
             {
-                let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                return Err(Error::Check(format!("route {}{via} is missing", r.dst)));
+                return Err(Error::Check(Mismatch::RouteMissing {
+                    dst: r.dst,
+                    via: r.gw,
+                }));
             }
         }
         Ok(())
     })??;
     for s in &p.masq {
         if !masq::exists(&net.name, s)? {
-            return Err(Error::Check(format!("masquerade rule for {s} is missing")));
+            return Err(Error::Check(Mismatch::MasqueradeMissing(*s)));
         }
     }
     Ok(())
@@ -618,7 +630,8 @@ mod tests {
             self.calls += 1;
             if self.fail_at == Some(n) {
                 return Err(Error::Netlink {
-                    op: format!("injected failure of call {n} ({what})"),
+                    op: crate::link::NlOp::SetLink,
+                    target: format!("(injected failure of call {n}: {what})"),
                     source: std::io::Error::from_raw_os_error(nix::libc::EIO),
                 });
             }
@@ -629,7 +642,8 @@ mod tests {
                 .iter_mut()
                 .find(|l| l.index == index)
                 .ok_or_else(|| Error::Netlink {
-                    op: format!("no link {index}"),
+                    op: crate::link::NlOp::GetLink,
+                    target: index.to_string(),
                     source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
                 })
         }
@@ -715,7 +729,8 @@ mod tests {
             self.call("create veth")?;
             if self.pod.iter().any(|p| p.0 == v.peer) {
                 return Err(Error::Netlink {
-                    op: "create veth".into(),
+                    op: crate::link::NlOp::CreateVeth,
+                    target: v.host.clone(),
                     source: std::io::Error::from_raw_os_error(nix::libc::EEXIST),
                 });
             }
@@ -739,7 +754,7 @@ mod tests {
                 .pod
                 .iter_mut()
                 .find(|x| x.0 == p.ifname)
-                .ok_or_else(|| Error::Check("no pod link".into()))?;
+                .ok_or_else(|| Error::Check(Mismatch::PodLinkMissing(p.ifname.clone())))?;
             eth.2 = true;
             eth.3 = p.pod_addrs.clone();
             Ok(Link {

@@ -147,9 +147,11 @@ pub fn error_code(e: &Error) -> u32 {
             code::UNKNOWN_CONTAINER
         }
         Error::Netns(netns::Error::NotNetNs { .. }) => code::INVALID_ENV,
-        Error::Decode(_) | Error::State(_) => code::DECODE,
+        Error::Decode(_) | Error::State { .. } | Error::StatePid { .. } => code::DECODE,
         Error::Config { .. } => code::INVALID_CONFIG,
-        Error::Capability { .. } => code::NOT_AVAILABLE,
+        Error::Capability { .. } | Error::Capabilities(_) | Error::ToolNotFound { .. } => {
+            code::NOT_AVAILABLE
+        }
         Error::Exhausted { .. } => code::EXHAUSTED,
         Error::AlreadySetUp { .. } => code::ALREADY_SET_UP,
         Error::Check(_) => code::CHECK_FAILED,
@@ -173,13 +175,13 @@ fn transient(e: &std::io::Error) -> bool {
 pub fn error_json(command: Option<Command>, version: &str, e: &Error) -> String {
     let msg = match e {
         Error::Step { step, .. } => format!("setup failed at step '{step}'"),
-        _ => e.root().to_string(),
+        _ => crate::chain(e.root()),
     };
     let v = json!({
         "cniVersion": if version.is_empty() { LATEST } else { version },
         "code": if command == Some(Command::Status) { code::NOT_AVAILABLE } else { error_code(e) },
         "msg": msg,
-        "details": e.to_string(),
+        "details": crate::chain(e),
     });
     v.to_string()
 }
@@ -398,9 +400,11 @@ fn check_prev(net: &Network, prev: &CniResult, id: &str, ifname: &str) -> Result
                 == Some(ip)
         });
         if !found {
-            return Err(Error::Check(format!(
-                "address {ip} held for {id}/{ifname} is not in prevResult"
-            )));
+            return Err(Error::Check(crate::Mismatch::NotInPrevResult {
+                ip,
+                id: id.into(),
+                ifname: ifname.into(),
+            }));
         }
     }
     Ok(())
@@ -570,7 +574,8 @@ mod tests {
             serde_json::from_str(&error_json(Some(Command::Status), "1.1.0", &e)).unwrap();
         assert_eq!(v["code"], code::NOT_AVAILABLE);
         let eagain = Error::Netlink {
-            op: "x".into(),
+            op: crate::link::NlOp::AddAddress,
+            target: "x".into(),
             source: std::io::Error::from_raw_os_error(nix::libc::EBUSY),
         };
         assert_eq!(error_code(&eagain), code::TRY_AGAIN);

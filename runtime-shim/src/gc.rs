@@ -143,7 +143,7 @@ pub fn gc(net: &Network, valid: &BTreeSet<(String, String)>) -> Result<GcReport>
             Ok(true) => report.links.push(l.name),
             Ok(false) => {}
             Err(e) => {
-                eprintln!("runtime-shim: GC: {e}");
+                eprintln!("runtime-shim: GC: {}", crate::chain(&e));
                 first_err.get_or_insert(e);
             }
         }

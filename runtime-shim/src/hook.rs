@@ -51,18 +51,14 @@ pub struct State {
 
 pub fn parse_state(bytes: &[u8]) -> Result<State> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let s: State = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        Error::State(if path == "." {
-            e.into_inner().to_string()
-        } else {
-            format!("{path}: {}", e.into_inner())
-        })
+    let s: State = serde_path_to_error::deserialize(de).map_err(|e| Error::State {
+        field: e.path().to_string(),
+        source: e.into_inner(),
     })?;
     validate_container_id(&s.id)?;
     if let Some(pid) = s.pid {
         if pid < 0 || pid > i64::from(i32::MAX) {
-            return Err(Error::State(format!("pid: {pid} is not a process id")));
+            return Err(Error::StatePid { pid });
         }
     }
     Ok(s)
@@ -207,7 +203,10 @@ pub fn sandboxes(state_dir: &Path) -> Result<Vec<Sandbox>> {
         let record = match read_record(state_dir, id) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("runtime-shim: skipping sandbox record of {id}: {e}");
+                eprintln!(
+                    "runtime-shim: skipping sandbox record of {id}: {}",
+                    crate::chain(&e)
+                );
                 continue;
             }
         };
@@ -441,7 +440,7 @@ fn setup(
     // The attachment works without the result in the record; only prestart's shortcut
     // and `join`'s display use it.
     if let Err(e) = write_record(state_dir, &rec) {
-        eprintln!("runtime-shim: hook: {e}");
+        eprintln!("runtime-shim: hook: {}", crate::chain(&e));
     }
     Ok(res)
 }
@@ -462,7 +461,11 @@ pub fn teardown(
     let r = crate::teardown(net, netns_path, id, ifname);
     match netns::unpin(&pin) {
         Ok(()) | Err(netns::Error::NotFound { .. }) => {}
-        Err(e) => eprintln!("runtime-shim: hook: unpin {}: {e}", pin.display()),
+        Err(e) => eprintln!(
+            "runtime-shim: hook: unpin {}: {}",
+            pin.display(),
+            crate::chain(&e)
+        ),
     }
     r?;
     remove_record(state_dir, id)
@@ -506,7 +509,7 @@ mod tests {
             (r#"{"id":"a","pid":-5}"#, "pid"),
             (r#"{"id":"a","pid":99999999999}"#, "pid"),
         ] {
-            let e = parse_state(j.as_bytes()).unwrap_err().to_string();
+            let e = crate::chain(&parse_state(j.as_bytes()).unwrap_err());
             assert!(e.contains(want), "{j}: {e}");
         }
     }

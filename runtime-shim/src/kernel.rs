@@ -69,9 +69,12 @@ fn configure_pod_here(p: &Plan) -> Result<Link> {
             nl.set_link(lo.index, true, None)?;
         }
     }
-    let eth = nl.link_by_name(&p.ifname)?.ok_or_else(|| Error::Netlink {
-        op: format!("find {} in the pod", p.ifname),
-        source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
+    let eth = nl.link_by_name(&p.ifname)?.ok_or_else(|| {
+        crate::link::nl_err(
+            crate::link::NlOp::FindNewLink,
+            format!("{} in the pod", p.ifname),
+            std::io::Error::from_raw_os_error(nix::libc::ENODEV),
+        )
     })?;
     // An IPv4-only pod gets no IPv6 link-local address (as Docker does): its DAD and MLD
     // multicast would be flooded to every pod on the bridge, O(pods) work per new pod.

@@ -32,8 +32,8 @@ pub use result::CniResult;
 /// Everything that can go wrong in runtime-shim.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Malformed JSON (the position is in the message).
-    #[error("cannot parse network config: {0}")]
+    /// Malformed JSON (the position is in the source).
+    #[error("cannot parse network config")]
     Decode(#[source] serde_json::Error),
     /// A config field failed validation; `field` is its JSON path.
     #[error("invalid network config: {field}: {reason}")]
@@ -51,18 +51,20 @@ pub enum Error {
     )]
     Capability { cap: &'static str },
     /// Reading or changing this process's capability sets failed.
-    #[error("cannot drop capabilities: {0}")]
-    Capabilities(String),
+    #[error("cannot drop capabilities")]
+    Capabilities(#[source] caps::errors::CapsError),
     #[error(transparent)]
     Netns(#[from] netns::Error),
     /// A netlink request failed.
-    #[error("{op}: {source}")]
+    #[error("{op} {target}")]
     Netlink {
-        op: String,
+        op: link::NlOp,
+        /// What it was about: a link name or index, an address, a route.
+        target: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -80,10 +82,22 @@ pub enum Error {
         ifname: String,
         veth: String,
     },
+    /// A tool (iptables) ran and failed; `stderr` is what it said.
     #[error("{cmd} failed: {stderr}")]
     Command { cmd: String, stderr: String },
+    /// A tool is not installed in the system directories it is run from.
+    #[error("{tool} not found in {dirs}")]
+    ToolNotFound { tool: String, dirs: String },
+    /// A tool could not be started, or its thread could not drop capabilities first.
+    #[error("cannot run {tool}")]
+    Exec {
+        tool: String,
+        #[source]
+        source: ExecError,
+    },
+    /// CHECK found the attachment differs from what ADD made.
     #[error("check failed: {0}")]
-    Check(String),
+    Check(Mismatch),
     /// CNI: the config asks for a spec version this plugin does not speak.
     #[error("incompatible CNI version {version:?} (supported: {supported})")]
     Version { version: String, supported: String },
@@ -93,14 +107,24 @@ pub enum Error {
     /// The container (or its namespace, or the sandbox to join) does not exist.
     #[error("unknown container: {0}")]
     UnknownContainer(String),
-    /// OCI hook: the state JSON on stdin is unusable.
-    #[error("cannot parse OCI state: {0}")]
-    State(String),
+    /// OCI hook: the state JSON on stdin is unusable (`field` is the JSON path).
+    #[error(
+        "cannot parse OCI state{}",
+        if field.as_str() == "." { String::new() } else { format!(" at {field}") }
+    )]
+    State {
+        field: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// OCI hook: the state's pid is not a process id.
+    #[error("OCI state: pid {pid} is not a process id")]
+    StatePid { pid: i64 },
     /// `join`: the bundle's config.json is missing or unusable.
     #[error("bundle {path}: {reason}")]
     Bundle { path: PathBuf, reason: String },
     /// A setup step failed; everything the call had changed was undone.
-    #[error("setup failed at step '{step}' (everything this call changed was undone): {source}")]
+    #[error("setup failed at step '{step}' (everything this call changed was undone)")]
     Step {
         step: apply::Step,
         #[source]
@@ -109,6 +133,55 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a tool could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot drop capabilities first")]
+    Capabilities(#[source] caps::errors::CapsError),
+    #[error("exec failed")]
+    Spawn(#[source] std::io::Error),
+    #[error("the thread running it panicked")]
+    Panicked,
+}
+
+/// What CHECK found different from what ADD made.
+#[derive(Debug, thiserror::Error)]
+pub enum Mismatch {
+    #[error("no address is reserved for {id}/{ifname}")]
+    NotReserved { id: String, ifname: String },
+    #[error("bridge {0} is missing")]
+    BridgeMissing(String),
+    #[error("host veth {0} is missing")]
+    VethMissing(String),
+    #[error("host veth {veth} is not attached to bridge {bridge}")]
+    VethNotOnBridge { veth: String, bridge: String },
+    #[error("host veth {0} is down")]
+    VethDown(String),
+    #[error("{0} is missing in the pod")]
+    PodLinkMissing(String),
+    #[error("{0} is down in the pod")]
+    PodLinkDown(String),
+    #[error("{ifname} lacks address {addr}")]
+    AddressMissing { ifname: String, addr: ipnet::IpNet },
+    #[error("route {dst}{} is missing", via.map(|g| format!(" via {g}")).unwrap_or_default())]
+    RouteMissing {
+        dst: ipnet::IpNet,
+        via: Option<std::net::IpAddr>,
+    },
+    #[error("masquerade rule for {0} is missing")]
+    MasqueradeMissing(ipnet::IpNet),
+    #[error("address {ip} held for {id}/{ifname} is not in prevResult")]
+    NotInPrevResult {
+        ip: std::net::IpAddr,
+        id: String,
+        ifname: String,
+    },
+}
+
+/// An error and its causes, one after the other: how each binary prints an error, once,
+/// at its edge.
+pub use netns::error_chain as chain;
 
 impl Error {
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Error {
@@ -164,7 +237,7 @@ pub const JOIN_CAPABILITIES: [caps::Capability; 3] = [
 /// [`drop_capabilities`], keeping `extra` too.
 pub fn drop_capabilities_but(extra: &[caps::Capability]) -> Result<()> {
     use caps::{CapSet, Capability, CapsHashSet};
-    let err = |e: caps::errors::CapsError| Error::Capabilities(e.to_string());
+    let err = Error::Capabilities;
     let mut keep: CapsHashSet = NEEDED_CAPABILITIES.into_iter().collect();
     keep.extend(extra.iter().copied());
     keep.insert(Capability::CAP_SETPCAP);
@@ -337,9 +410,16 @@ mod tests {
     fn step_root() {
         let e = Error::Step {
             step: apply::Step::CreateVeth,
-            source: Box::new(Error::Check("inner".into())),
+            source: Box::new(Error::Check(Mismatch::VethDown("pw1".into()))),
         };
         assert!(matches!(e.root(), Error::Check(_)));
         assert!(e.to_string().contains("step 'create veth'"));
+        // The cause is printed once, by chain, not in each message.
+        assert!(!e.to_string().contains("pw1"));
+        assert_eq!(
+            chain(&e),
+            "setup failed at step 'create veth' (everything this call changed was undone): \
+             check failed: host veth pw1 is down"
+        );
     }
 }

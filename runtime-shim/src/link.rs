@@ -58,9 +58,59 @@ pub struct Netlink {
     buf: Vec<u8>,
 }
 
-fn nl_err(op: impl Into<String>, source: io::Error) -> Error {
+/// A netlink operation, for errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NlOp {
+    OpenSocket,
+    GetLink,
+    ListLinks,
+    CreateBridge,
+    SetLink,
+    SetLinkDown,
+    CreateVeth,
+    DisableIpv6AddrGen,
+    BringUpPort,
+    DeleteLink,
+    AddAddress,
+    DelAddress,
+    ListAddresses,
+    AddRoute,
+    ReplaceRoute,
+    DeleteRoute,
+    ListRoutes,
+    /// A link looked up right after it was created was not there.
+    FindNewLink,
+}
+
+impl std::fmt::Display for NlOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NlOp::OpenSocket => "open netlink socket",
+            NlOp::GetLink => "get link",
+            NlOp::ListLinks => "list links",
+            NlOp::CreateBridge => "create bridge",
+            NlOp::SetLink => "set link",
+            NlOp::SetLinkDown => "set link down",
+            NlOp::CreateVeth => "create veth",
+            NlOp::DisableIpv6AddrGen => "disable IPv6 address generation on link",
+            NlOp::BringUpPort => "bring up bridge port",
+            NlOp::DeleteLink => "delete link",
+            NlOp::AddAddress => "add address",
+            NlOp::DelAddress => "remove address",
+            NlOp::ListAddresses => "list addresses",
+            NlOp::AddRoute => "add route",
+            NlOp::ReplaceRoute => "replace route",
+            NlOp::DeleteRoute => "delete route",
+            NlOp::ListRoutes => "list routes",
+            NlOp::FindNewLink => "find the link just created",
+        })
+    }
+}
+
+pub(crate) fn nl_err(op: NlOp, target: impl std::fmt::Display, source: io::Error) -> Error {
     Error::Netlink {
-        op: op.into(),
+        op,
+        target: target.to_string(),
         source,
     }
 }
@@ -79,11 +129,12 @@ pub fn mac_string(mac: &[u8; 6]) -> String {
 impl Netlink {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> Result<Netlink> {
-        let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| nl_err("open netlink socket", e))?;
+        let mut sock =
+            Socket::new(NETLINK_ROUTE).map_err(|e| nl_err(NlOp::OpenSocket, "socket", e))?;
         sock.bind_auto()
-            .map_err(|e| nl_err("bind netlink socket", e))?;
+            .map_err(|e| nl_err(NlOp::OpenSocket, "bind", e))?;
         sock.connect(&SocketAddr::new(0, 0))
-            .map_err(|e| nl_err("connect netlink socket", e))?;
+            .map_err(|e| nl_err(NlOp::OpenSocket, "connect", e))?;
         let _ = sock.set_ext_ack(true);
         Ok(Netlink {
             sock,
@@ -196,7 +247,7 @@ impl Netlink {
                 _ => None,
             })),
             Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => Ok(None),
-            Err(e) => Err(nl_err(format!("get link {name}"), e)),
+            Err(e) => Err(nl_err(NlOp::GetLink, name, e)),
         }
     }
 
@@ -207,7 +258,7 @@ impl Netlink {
                 RouteNetlinkMessage::GetLink(LinkMessage::default()),
                 NLM_F_DUMP,
             )
-            .map_err(|e| nl_err("list links", e))?;
+            .map_err(|e| nl_err(NlOp::ListLinks, "", e))?;
         Ok(r.iter()
             .filter_map(|x| match x {
                 RouteNetlinkMessage::NewLink(l) => Some(Self::parse_link(l)),
@@ -233,7 +284,7 @@ impl Netlink {
         match self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL) {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => Ok(false),
-            Err(e) => Err(nl_err(format!("create bridge {name}"), e)),
+            Err(e) => Err(nl_err(NlOp::CreateBridge, name, e)),
         }
     }
 
@@ -250,7 +301,7 @@ impl Netlink {
         }
         self.request(RouteNetlinkMessage::SetLink(m), 0)
             .map(|_| ())
-            .map_err(|e| nl_err(format!("set link {index}"), e))
+            .map_err(|e| nl_err(NlOp::SetLink, index, e))
     }
 
     /// Set a link down by index.
@@ -260,7 +311,7 @@ impl Netlink {
         m.header.change_mask = LinkFlags::Up;
         self.request(RouteNetlinkMessage::SetLink(m), 0)
             .map(|_| ())
-            .map_err(|e| nl_err(format!("set link {index} down"), e))
+            .map_err(|e| nl_err(NlOp::SetLinkDown, index, e))
     }
 
     /// Create a veth pair in one request: `host` here, enslaved to `controller` (down,
@@ -307,7 +358,13 @@ impl Netlink {
                 RouteNetlinkMessage::NewLink(m),
                 NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
             )
-            .map_err(|e| nl_err(format!("create veth {host} (peer {peer} in the pod)"), e))?;
+            .map_err(|e| {
+                nl_err(
+                    NlOp::CreateVeth,
+                    format!("{host} (peer {peer} in the pod)"),
+                    e,
+                )
+            })?;
         let echoed = replies.iter().find_map(|r| match r {
             RouteNetlinkMessage::NewLink(l) => Some(Self::parse_link(l)).filter(|l| l.name == host),
             _ => None,
@@ -317,7 +374,8 @@ impl Netlink {
             // Kernels before 6.3 do not echo link creation.
             None => self.link_by_name(host)?.ok_or_else(|| {
                 nl_err(
-                    format!("veth {host} vanished right after creation"),
+                    NlOp::FindNewLink,
+                    host,
                     io::Error::from_raw_os_error(nix::libc::ENODEV),
                 )
             }),
@@ -336,12 +394,7 @@ impl Netlink {
             )]));
         self.request(RouteNetlinkMessage::SetLink(m), 0)
             .map(|_| ())
-            .map_err(|e| {
-                nl_err(
-                    format!("disable IPv6 address generation on link {index}"),
-                    e,
-                )
-            })
+            .map_err(|e| nl_err(NlOp::DisableIpv6AddrGen, index, e))
     }
 
     /// Bring a new bridge port up, with no IPv6 link-local address and, if asked,
@@ -365,7 +418,7 @@ impl Netlink {
         }
         self.request(RouteNetlinkMessage::NewLink(m), 0)
             .map(|_| ())
-            .map_err(|e| nl_err(format!("bring up bridge port {index}"), e))
+            .map_err(|e| nl_err(NlOp::BringUpPort, index, e))
     }
 
     /// Delete a link by name. Ok(false) if it does not exist.
@@ -375,7 +428,7 @@ impl Netlink {
         match self.request(RouteNetlinkMessage::DelLink(m), 0) {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => Ok(false),
-            Err(e) => Err(nl_err(format!("delete link {name}"), e)),
+            Err(e) => Err(nl_err(NlOp::DeleteLink, name, e)),
         }
     }
 
@@ -387,7 +440,7 @@ impl Netlink {
         match self.request(RouteNetlinkMessage::DelLink(m), 0) {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => Ok(false),
-            Err(e) => Err(nl_err(format!("delete link {index}"), e)),
+            Err(e) => Err(nl_err(NlOp::DeleteLink, index, e)),
         }
     }
 
@@ -410,7 +463,8 @@ impl Netlink {
                 Ok(false)
             }
             Err(e) => Err(nl_err(
-                format!("remove address {addr} from link {index}"),
+                NlOp::DelAddress,
+                format!("{addr} from link {index}"),
                 e,
             )),
         }
@@ -442,7 +496,11 @@ impl Netlink {
         ) {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => Ok(false),
-            Err(e) => Err(nl_err(format!("add address {addr} to link {index}"), e)),
+            Err(e) => Err(nl_err(
+                NlOp::AddAddress,
+                format!("{addr} to link {index}"),
+                e,
+            )),
         }
     }
 
@@ -471,8 +529,9 @@ impl Netlink {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => Ok(false),
             Err(e) => Err(nl_err(
+                NlOp::AddRoute,
                 format!(
-                    "add route {dst}{}",
+                    "{dst}{}",
                     gw.map(|g| format!(" via {g}")).unwrap_or_default()
                 ),
                 e,
@@ -501,7 +560,7 @@ impl Netlink {
             NLM_F_CREATE | NLM_F_REPLACE,
         )
         .map(|_| ())
-        .map_err(|e| nl_err(format!("replace route {dst} via {gw}"), e))
+        .map_err(|e| nl_err(NlOp::ReplaceRoute, format!("{dst} via {gw}"), e))
     }
 
     /// Delete podwire's route to `dst` (only one carrying [`PODWIRE_ROUTE_PROTO`]: the
@@ -520,7 +579,7 @@ impl Netlink {
         match self.request(RouteNetlinkMessage::DelRoute(m), 0) {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => Ok(false),
-            Err(e) => Err(nl_err(format!("delete route {dst}"), e)),
+            Err(e) => Err(nl_err(NlOp::DeleteRoute, dst, e)),
         }
     }
 
@@ -532,7 +591,7 @@ impl Netlink {
                 RouteNetlinkMessage::GetAddress(AddressMessage::default()),
                 NLM_F_DUMP,
             )
-            .map_err(|e| nl_err("list addresses", e))?;
+            .map_err(|e| nl_err(NlOp::ListAddresses, "", e))?;
         let mut out = Vec::new();
         for x in r {
             if let RouteNetlinkMessage::NewAddress(a) = x {
@@ -575,7 +634,7 @@ impl Netlink {
             q.header.address_family = fam;
             let r = self
                 .request(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)
-                .map_err(|e| nl_err("list routes", e))?;
+                .map_err(|e| nl_err(NlOp::ListRoutes, "", e))?;
             for x in r {
                 let RouteNetlinkMessage::NewRoute(rm) = x else {
                     continue;

@@ -314,7 +314,7 @@ fn cni_main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("runtime-shim: {e}");
+            eprintln!("runtime-shim: {}", runtime_shim::chain(&e));
             let v = cni::requested_version(&stdin);
             println!("{}", cni::error_json(Some(req.command), &v, &e));
             ExitCode::from(1)
@@ -332,13 +332,13 @@ fn main() -> ExitCode {
         _ => &[],
     };
     if let Err(e) = runtime_shim::drop_capabilities_but(extra) {
-        eprintln!("runtime-shim: {e}");
+        eprintln!("runtime-shim: {}", runtime_shim::chain(&e));
         return ExitCode::from(1);
     }
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("runtime-shim: {e}");
+            eprintln!("runtime-shim: {}", runtime_shim::chain(&e));
             ExitCode::from(1)
         }
     }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 
-use crate::{Error, Result};
+use crate::{Error, ExecError, Result};
 
 /// The bridge alias that says "masquerade is installed for these subnets".
 pub fn marker(subnets: &[IpNet]) -> String {
@@ -65,12 +65,9 @@ pub fn find_tool(name: &str) -> Result<std::path::PathBuf> {
         .iter()
         .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| Error::Command {
-            cmd: name.to_string(),
-            stderr: format!(
-                "{name} not found in {} (is the iptables package installed?)",
-                TOOL_DIRS.join(", ")
-            ),
+        .ok_or_else(|| Error::ToolNotFound {
+            tool: name.to_string(),
+            dirs: TOOL_DIRS.join(", "),
         })
 }
 
@@ -110,26 +107,24 @@ pub fn run_tool(name: &str, args: &[String]) -> Result<std::process::Output> {
     let path = find_tool(name)?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            restrict_thread_to_tool_caps().map_err(|e| Error::Command {
-                cmd: name.to_string(),
-                stderr: format!("cannot drop capabilities before running {name}: {e}"),
-            })?;
+            let exec = |source| Error::Exec {
+                tool: name.to_string(),
+                source,
+            };
+            restrict_thread_to_tool_caps().map_err(|e| exec(ExecError::Capabilities(e)))?;
             Command::new(&path)
                 .args(args)
                 .env_clear()
                 .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
                 .stdin(Stdio::null())
                 .output()
-                .map_err(|e| Error::Command {
-                    cmd: name.to_string(),
-                    stderr: format!("cannot run {}: {e}", path.display()),
-                })
+                .map_err(|e| exec(ExecError::Spawn(e)))
         })
         .join()
         .unwrap_or_else(|_| {
-            Err(Error::Command {
-                cmd: name.to_string(),
-                stderr: "the thread running it panicked".into(),
+            Err(Error::Exec {
+                tool: name.to_string(),
+                source: ExecError::Panicked,
             })
         })
     })
