@@ -151,18 +151,24 @@ fn gc_of_one_network_never_touches_another_on_the_same_bridge() {
     let pa = a.node.add_pod("a");
     let pb = a.node.add_pod("b");
     assert!(a.setup(&a.node.pod(pa).path(), "pod-a").status.success());
-    let o = shim_at(
-        &a.node.node,
-        &[
-            "setup",
+    // Pod B on network B, in the same node.
+    let on_b = |verb: &str| {
+        let ns = a.node.pod(pb).path();
+        let args = [
+            verb,
             "--netns",
-            a.node.pod(pb).path().to_str().unwrap(),
+            ns.to_str().unwrap(),
             "--id",
             "pod-b",
             "--config",
-            b_conf.to_str().unwrap(),
-        ],
-    );
+        ];
+        shim_in(&a.node.node)
+            .args(args)
+            .arg(&b_conf)
+            .output()
+            .unwrap()
+    };
+    let o = on_b("setup");
     assert!(o.status.success(), "{}", stderr(&o));
     // GC of A with no valid attachment: A's pod goes, B's stays whole.
     let o = a.shim(&["gc"]);
@@ -172,18 +178,7 @@ fn gc_of_one_network_never_touches_another_on_the_same_bridge() {
     assert!(!a.node.pod(pa).links().contains(&"eth0".to_string()));
     assert_eq!(ipam_records(&shared.path().join("ipam"), b_name).len(), 1);
     assert!(ipam_records(&shared.path().join("ipam"), &a.name).is_empty());
-    let o = shim_at(
-        &a.node.node,
-        &[
-            "check",
-            "--netns",
-            a.node.pod(pb).path().to_str().unwrap(),
-            "--id",
-            "pod-b",
-            "--config",
-            b_conf.to_str().unwrap(),
-        ],
-    );
+    let o = on_b("check");
     assert!(o.status.success(), "B still checks out: {}", stderr(&o));
 }
 
