@@ -383,7 +383,7 @@ fn setup(
     let pid = state.pid.unwrap_or(0) as i32;
     let sandbox = NetNs::from_pid(pid).map_err(|e| match e {
         netns::Error::NotFound { .. } | netns::Error::NoProcess { .. } => {
-            Error::UnknownContainer(format!("sandbox {id}: process {pid} is gone"))
+            Error::UnknownContainer(crate::Gone::SandboxProcess { id: id.into(), pid })
         }
         e => e.into(),
     })?;

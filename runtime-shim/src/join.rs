@@ -18,7 +18,7 @@ use netns::NetNs;
 use serde_json::{Value, json};
 
 use crate::hook::{Record, read_record};
-use crate::{Error, Result};
+use crate::{BundleProblem, Error, Gone, Result};
 
 /// How the sandbox was named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +60,7 @@ fn proc_ns(pid: i32, kind: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/{kind}"))
 }
 
-fn dead(what: String) -> Error {
+fn dead(what: Gone) -> Error {
     Error::UnknownContainer(what)
 }
 
@@ -68,9 +68,7 @@ fn dead(what: String) -> Error {
 /// app would end up on the node's network, not the pod's).
 fn by_pid(pid: i32) -> Result<Target> {
     let ns = NetNs::from_pid(pid).map_err(|e| match e {
-        netns::Error::NotFound { .. } | netns::Error::NoProcess { .. } => {
-            dead(format!("sandbox process {pid} does not exist"))
-        }
+        netns::Error::NotFound { .. } | netns::Error::NoProcess { .. } => dead(Gone::Process(pid)),
         e => e.into(),
     })?;
     if ns == NetNs::current()? {
@@ -91,20 +89,19 @@ fn by_pid(pid: i32) -> Result<Target> {
 /// the one in that netns (not a dead sandbox whose pid was reused).
 fn by_record(r: &Record) -> Result<Target> {
     let pinned = NetNs::open(&r.netns).map_err(|e| match e {
-        netns::Error::NotFound { .. } => dead(format!(
-            "sandbox {}: its network namespace {} is gone",
-            r.id,
-            r.netns.display()
-        )),
+        netns::Error::NotFound { .. } => dead(Gone::SandboxNetns {
+            id: r.id.clone(),
+            netns: r.netns.clone(),
+        }),
         e => e.into(),
     })?;
     match NetNs::from_pid(r.pid) {
         Ok(ns) if ns == pinned => {}
         _ => {
-            return Err(dead(format!(
-                "sandbox {} is not running (process {} is gone or elsewhere)",
-                r.id, r.pid
-            )));
+            return Err(dead(Gone::SandboxNotRunning {
+                id: r.id.clone(),
+                pid: r.pid,
+            }));
         }
     }
     Ok(Target {
@@ -120,16 +117,14 @@ pub fn resolve(sandbox: &Sandbox, state_dir: &Path) -> Result<Target> {
         Sandbox::Pid(p) => by_pid(*p),
         Sandbox::Id(id) => match read_record(state_dir, id)? {
             Some(r) => by_record(&r),
-            None => Err(dead(format!(
-                "no sandbox {id} in {} (was it started with the runtime-shim hook?)",
-                state_dir.display()
-            ))),
+            None => Err(dead(Gone::NoRecord {
+                id: id.clone(),
+                state_dir: state_dir.to_path_buf(),
+            })),
         },
         Sandbox::Path(p) => {
             let ns = NetNs::open(p).map_err(|e| match e {
-                netns::Error::NotFound { .. } => {
-                    dead(format!("network namespace {} does not exist", p.display()))
-                }
+                netns::Error::NotFound { .. } => dead(Gone::Netns(p.clone())),
                 e => e.into(),
             })?;
             if ns == NetNs::current()? {
@@ -152,34 +147,35 @@ pub fn resolve(sandbox: &Sandbox, state_dir: &Path) -> Result<Target> {
 /// the sandbox's (added if absent); `hostname`/`domainname` are dropped when UTS is
 /// shared, since setting them would rename the whole pod. Everything else is kept as is.
 pub fn rewrite(config: &[u8], target: &Target, path: &Path) -> Result<Vec<u8>> {
-    let bad = |reason: String| Error::Bundle {
+    let bad = |problem: BundleProblem| Error::Bundle {
         path: path.to_path_buf(),
-        reason,
+        problem,
     };
+    let not = |field, expected| bad(BundleProblem::WrongType { field, expected });
     // Validate against the runtime spec first: the file must be a config a runtime takes.
-    crate::oci::parse_config(config).map_err(|e| bad(format!("not an OCI runtime config: {e}")))?;
-    let mut v: Value =
-        serde_json::from_slice(config).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    crate::oci::parse_config(config).map_err(|e| bad(BundleProblem::NotRuntimeConfig(e)))?;
+    let mut v: Value = serde_json::from_slice(config)
+        .map_err(|e| bad(BundleProblem::NotRuntimeConfig(e.to_string())))?;
     let root = v
         .as_object_mut()
-        .ok_or_else(|| bad("not a JSON object".into()))?;
+        .ok_or_else(|| not("(the file)", "a JSON object"))?;
     let linux = root
         .entry("linux")
         .or_insert_with(|| json!({}))
         .as_object_mut()
-        .ok_or_else(|| bad("linux: not an object".into()))?;
+        .ok_or_else(|| not("linux", "an object"))?;
     let nss = linux
         .entry("namespaces")
         .or_insert_with(|| json!([]))
         .as_array_mut()
-        .ok_or_else(|| bad("linux.namespaces: not an array".into()))?;
+        .ok_or_else(|| not("linux.namespaces", "an array"))?;
     // runc refuses a config naming one namespace type twice; so do we, rather than
     // pointing one entry at the sandbox and leaving the other to win.
     let mut seen = std::collections::BTreeSet::new();
     for n in nss.iter() {
         if let Some(t) = n.get("type").and_then(Value::as_str) {
             if !seen.insert(t.to_string()) {
-                return Err(bad(format!("linux.namespaces: type {t:?} appears twice")));
+                return Err(bad(BundleProblem::DuplicateNamespace(t.to_string())));
             }
         }
     }
@@ -213,16 +209,16 @@ pub fn join(bundle: &Path, sandbox: &Sandbox, state_dir: &Path) -> Result<Target
     let path = bundle.join("config.json");
     let meta = fs::symlink_metadata(&path).map_err(|e| Error::Bundle {
         path: path.clone(),
-        reason: if e.kind() == std::io::ErrorKind::NotFound {
-            "no config.json in the bundle (create it with `runc spec` first)".into()
+        problem: if e.kind() == std::io::ErrorKind::NotFound {
+            BundleProblem::Missing
         } else {
-            e.to_string()
+            BundleProblem::Stat(e)
         },
     })?;
     if !meta.is_file() {
         return Err(Error::Bundle {
             path,
-            reason: "not a regular file".into(),
+            problem: BundleProblem::NotRegularFile,
         });
     }
     let old = crate::read_regular(&path, 16 << 20)?;
@@ -333,9 +329,9 @@ mod tests {
             // Found by the fuzzer: a second entry of a type would have been left alone.
             r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"network"},{"type":"network","path":"/x"}]}}"#,
         ] {
-            let e = rewrite(bad.as_bytes(), &target(), Path::new("/b/config.json"))
-                .unwrap_err()
-                .to_string();
+            let e = crate::chain(
+                &rewrite(bad.as_bytes(), &target(), Path::new("/b/config.json")).unwrap_err(),
+            );
             assert!(e.starts_with("bundle /b/config.json:"), "{bad:?}: {e}");
         }
     }

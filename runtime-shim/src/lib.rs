@@ -105,8 +105,8 @@ pub enum Error {
     #[error("invalid environment variable {var}: {reason}")]
     Env { var: &'static str, reason: String },
     /// The container (or its namespace, or the sandbox to join) does not exist.
-    #[error("unknown container: {0}")]
-    UnknownContainer(String),
+    #[error("unknown container")]
+    UnknownContainer(#[source] Gone),
     /// OCI hook: the state JSON on stdin is unusable (`field` is the JSON path).
     #[error(
         "cannot parse OCI state{}",
@@ -121,8 +121,12 @@ pub enum Error {
     #[error("OCI state: pid {pid} is not a process id")]
     StatePid { pid: i64 },
     /// `join`: the bundle's config.json is missing or unusable.
-    #[error("bundle {path}: {reason}")]
-    Bundle { path: PathBuf, reason: String },
+    #[error("bundle {path}")]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        problem: BundleProblem,
+    },
     /// A setup step failed; everything the call had changed was undone.
     #[error("setup failed at step '{step}' (everything this call changed was undone)")]
     Step {
@@ -143,6 +147,44 @@ pub enum ExecError {
     Spawn(#[source] std::io::Error),
     #[error("the thread running it panicked")]
     Panicked,
+}
+
+/// Which container (or sandbox, or namespace) is gone.
+#[derive(Debug, thiserror::Error)]
+pub enum Gone {
+    #[error("sandbox {id}: process {pid} is gone")]
+    SandboxProcess { id: String, pid: i32 },
+    #[error("sandbox process {0} does not exist")]
+    Process(i32),
+    #[error("sandbox {id}: its network namespace {netns} is gone")]
+    SandboxNetns { id: String, netns: PathBuf },
+    #[error("sandbox {id} is not running (process {pid} is gone or elsewhere)")]
+    SandboxNotRunning { id: String, pid: i32 },
+    #[error("no sandbox {id} in {state_dir} (was it started with the runtime-shim hook?)")]
+    NoRecord { id: String, state_dir: PathBuf },
+    #[error("network namespace {0} does not exist")]
+    Netns(PathBuf),
+}
+
+/// What is wrong with a bundle's config.json (`join`).
+#[derive(Debug, thiserror::Error)]
+pub enum BundleProblem {
+    #[error("no config.json in the bundle (create it with `runc spec` first)")]
+    Missing,
+    #[error("cannot stat it")]
+    Stat(#[source] std::io::Error),
+    #[error("not a regular file")]
+    NotRegularFile,
+    /// The runtime-spec check failed: the JSON path and what is wrong there.
+    #[error("not an OCI runtime config: {0}")]
+    NotRuntimeConfig(String),
+    #[error("{field}: not {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("linux.namespaces: type {0:?} appears twice")]
+    DuplicateNamespace(String),
 }
 
 /// What CHECK found different from what ADD made.
