@@ -488,6 +488,24 @@ fn routes_apply_never_replaces_the_nodes_own_routes() {
             && after.contains("default via 192.168.50.1"),
         "{after}"
     );
+    // A failure part-way (n3's new InternalIP is not on a connected subnet, so the kernel
+    // refuses that route after n2's new one went in): what was applied is taken back.
+    std::fs::write(
+        &nodes,
+        serde_json::json!({"items": [
+            {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"},
+             "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.10"}]}},
+            {"metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.4.0/24"},
+             "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.11"}]}},
+            {"metadata": {"name": "n3"}, "spec": {"podCIDR": "10.244.3.0/24"},
+             "status": {"addresses": [{"type": "InternalIP", "address": "10.123.0.3"}]}}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let o = routes(Some("10.244.0.0/16"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(n.node.node.ok("ip", &["route", "show"]), after, "all or nothing");
 }
 
 #[test]
