@@ -26,6 +26,19 @@ fn net(tag: &str, subnet: &str, bridge: &str, shared: Option<&TempDir>) -> Netwo
     n
 }
 
+/// The config of a second network `name` on `a`'s bridge (`pwbr0`), with its IPAM in
+/// `shared` too; returns its path.
+fn second_network(a: &Network, shared: &TempDir, name: &str, subnet: &str) -> PathBuf {
+    let conf = a.dir.path().join(format!("{name}.json"));
+    let json = serde_json::json!({
+        "cniVersion": "1.0.0", "name": name, "bridge": "pwbr0", "isDefaultGateway": true,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                 "dataDir": shared.path().join("ipam")}
+    });
+    std::fs::write(&conf, json.to_string()).unwrap();
+    conf
+}
+
 /// runtime-shim in `node` with extra arguments (another network's config, …).
 fn shim_at(node: &Ns, args: &[&str]) -> Output {
     shim_in(node).args(args).output().unwrap()
@@ -136,18 +149,8 @@ fn gc_of_one_network_never_touches_another_on_the_same_bridge() {
     let shared = TempDir::new("gcshared");
     let mut a = net("gca", "10.92.1.0/24", "pwbr0", Some(&shared));
     // Network B lives in A's node (one bridge, cni0-style default shared).
-    let b_conf = a.dir.path().join("b.json");
     let b_name = "pwgcb";
-    std::fs::write(
-        &b_conf,
-        serde_json::json!({
-            "cniVersion": "1.0.0", "name": b_name, "bridge": "pwbr0", "isDefaultGateway": true,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.92.2.0/24"}]],
-                     "dataDir": shared.path().join("ipam")}
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let b_conf = second_network(&a, &shared, b_name, "10.92.2.0/24");
     let pa = a.node.add_pod("a");
     let pb = a.node.add_pod("b");
     assert!(a.setup(&a.node.pod(pa).path(), "pod-a").status.success());
@@ -505,7 +508,11 @@ fn routes_apply_never_replaces_the_nodes_own_routes() {
     .unwrap();
     let o = routes(Some("10.244.0.0/16"));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert_eq!(n.node.node.ok("ip", &["route", "show"]), after, "all or nothing");
+    assert_eq!(
+        n.node.node.ok("ip", &["route", "show"]),
+        after,
+        "all or nothing"
+    );
 }
 
 #[test]
@@ -698,18 +705,8 @@ fn soak_four_workers_three_hundred_random_operations_two_networks_one_bridge() {
     let node = &a.node.node;
     node.ok("ip", &["route", "add", "default", "via", "192.168.50.1"]);
     node.ok("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-    let b_conf = a.dir.path().join("b.json");
     let b_name = "pwsoakb".to_string();
-    std::fs::write(
-        &b_conf,
-        serde_json::json!({
-            "cniVersion": "1.0.0", "name": b_name, "bridge": "pwbr0", "isDefaultGateway": true,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.89.2.0/26"}]],
-                     "dataDir": shared.path().join("ipam")}
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let b_conf = second_network(&a, &shared, &b_name, "10.89.2.0/26");
     let confs = [a.config.clone(), b_conf.clone()];
     let names = [a.name.clone(), b_name.clone()];
     let node_routes = || -> Vec<String> {
