@@ -255,7 +255,9 @@ pub fn setup(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
     let lock = AttachmentLock::acquire(net, id, ifname)?;
     let mut k = Real::open()?;
     let r = setup_with(&mut k, net, &pod, netns_path, id, ifname, Some(&lock));
-    if r.is_err() {
+    // A failed setup undid everything, so its lock file (and note) goes too; but an
+    // attachment that is already set up keeps its own.
+    if matches!(&r, Err(e) if !matches!(e, Error::AlreadySetUp { .. })) {
         lock.remove();
     }
     r

@@ -237,6 +237,15 @@ fn a_retried_add_keeps_one_address() {
         "c1",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // An ADD of an attachment that is set up is refused and leaves it (and its lock and
+    // note) alone: DEL then releases its address.
+    let dup = n.setup(&n.node.pod(b).path(), "c1");
+    assert!(stderr(&dup).contains("already set up"), "{}", stderr(&dup));
+    let locks = n.data_dir().join(&n.name).join("attachments");
+    assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 1);
+    assert!(n.teardown(None, "c1").status.success());
+    assert!(n.records().is_empty());
+    assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0);
 }
 
 #[test]
