@@ -61,10 +61,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+/// The IP family (`--ip-family IPv4|IPv6`, the same value enum for every mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, clap::ValueEnum)]
 pub enum Family {
     #[default]
+    #[value(name = "IPv4")]
     V4,
+    #[value(name = "IPv6")]
     V6,
 }
 

@@ -64,7 +64,7 @@ struct Cli {
     iptables_localhost_nodeports: Option<bool>,
     /// IPv4 or IPv6.
     #[arg(long, value_enum, default_value = "IPv4")]
-    ip_family: IpFamilyArg,
+    ip_family: Family,
     /// `--random-fully` on the MASQUERADE rule (default: if the host's iptables has it).
     #[arg(long)]
     random_fully: Option<bool>,
@@ -133,7 +133,7 @@ fn build_config(cli: &Cli) -> Result<Config> {
     };
     let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
     let mut c = Config {
-        family: cli.ip_family.into(),
+        family: cli.ip_family,
         ..Config::default()
     };
     c.node_name = match cli
@@ -506,26 +506,8 @@ fn read_inputs(files: &[PathBuf]) -> Result<model::Objects> {
     Ok(objs)
 }
 
-/// `--ip-family`, one value enum for every mode (`--commit` included).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum IpFamilyArg {
-    #[value(name = "IPv4")]
-    V4,
-    #[value(name = "IPv6")]
-    V6,
-}
-
-impl From<IpFamilyArg> for Family {
-    fn from(f: IpFamilyArg) -> Family {
-        match f {
-            IpFamilyArg::V4 => Family::V4,
-            IpFamilyArg::V6 => Family::V6,
-        }
-    }
-}
-
 fn run(cli: Cli) -> Result<()> {
-    let family: Family = cli.ip_family.into();
+    let family = cli.ip_family;
     if cli.commit {
         let dir = cli
             .state_dir

@@ -175,9 +175,15 @@ fn any_podwire_veth(k: &mut dyn Kernel) -> Result<bool> {
 }
 
 /// Make sure the bridge exists, is up and carries the gateway addresses, pushing an undo
-/// for each change. The caller has checked that an existing link of that name is a bridge.
-fn ensure_bridge(k: &mut dyn Kernel, p: &Plan, undo: &mut Vec<Undo>) -> Result<Link> {
-    let br = match k.link(&p.bridge)? {
+/// for each change. `existing` is the link of that name the caller looked up and checked
+/// to be a bridge.
+fn ensure_bridge(
+    k: &mut dyn Kernel,
+    p: &Plan,
+    existing: Option<Link>,
+    undo: &mut Vec<Undo>,
+) -> Result<Link> {
+    let br = match existing {
         Some(l) => l,
         None => {
             if k.create_bridge(&p.bridge, p.mtu, p.bridge_mac)? {
@@ -283,8 +289,9 @@ pub fn setup_with(
         });
     }
     // A link named like the bridge must be one: never a gateway address on eth0 or lo.
-    if let Some(l) = k.link(&net.bridge)? {
-        check_is_bridge(&l, &net.bridge)?;
+    let existing = k.link(&net.bridge)?;
+    if let Some(l) = &existing {
+        check_is_bridge(l, &net.bridge)?;
     }
     let mut t = Txn {
         net,
@@ -300,7 +307,9 @@ pub fn setup_with(
         Ok(a)
     })?;
     let p = plan(net, id, ifname, &allocs);
-    let br = t.step(k, Step::EnsureBridge, |k, undo| ensure_bridge(k, &p, undo))?;
+    let br = t.step(k, Step::EnsureBridge, |k, undo| {
+        ensure_bridge(k, &p, existing, undo)
+    })?;
     t.step(k, Step::EnableForwarding, |k, undo| {
         for (on, v4) in [(p.forward_v4, true), (p.forward_v6, false)] {
             let path = forwarding_sysctl(v4);
@@ -887,6 +896,50 @@ mod tests {
             Step::ALL.to_vec(),
             "every step's rollback was exercised"
         );
+    }
+
+    #[test]
+    fn shared_node_state_stays_while_another_pod_relies_on_it() {
+        // A bridge that is down and has no gateway address yet, but already a port of
+        // another pod: a setup that fails after bringing it up and adding the address
+        // removes its own veth and reservation, and leaves the shared state alone.
+        let d = tempfile::tempdir().unwrap();
+        let n = net(d.path(), "br9");
+        let mut k = Fake::node("0");
+        let br = k.add_link("br9", Some("bridge"), false);
+        let other = k.add_link("pw000000000001", Some("veth"), true);
+        k.by_index(other).unwrap().controller = Some(br);
+        let mut ok = k.clone();
+        run(&mut ok, &n).unwrap();
+        Store::open(&n.data_dir, &n.name)
+            .unwrap()
+            .release("c1", "eth0")
+            .unwrap();
+        // Fail the pod-side step: bridge up, address and forwarding are done by then.
+        let at = (0..ok.calls)
+            .find(|&i| {
+                let mut f = k.clone();
+                f.fail_at = Some(i);
+                matches!(
+                    run(&mut f, &n),
+                    Err(Error::Step {
+                        step: Step::ConfigurePod,
+                        ..
+                    })
+                )
+            })
+            .unwrap();
+        k.fail_at = Some(at);
+        run(&mut k, &n).unwrap_err();
+        assert!(
+            k.by_index(br).unwrap().up,
+            "bridge left up for the other pod"
+        );
+        assert!(k.addrs.contains(&(br, "10.7.0.1/24".parse().unwrap())));
+        assert_eq!(k.sysctls[forwarding_sysctl(true)], "1");
+        let host = crate::plan::host_veth_name("c1", "eth0");
+        assert!(k.links.iter().all(|l| l.name != host) && k.pod.is_empty());
+        assert!(ipam_files(d.path()).is_empty());
     }
 
     #[test]

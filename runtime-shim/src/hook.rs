@@ -133,27 +133,11 @@ pub fn record_path(state_dir: &Path, id: &str) -> PathBuf {
 pub fn read_record(state_dir: &Path, id: &str) -> Result<Option<Record>> {
     validate_container_id(id)?;
     let p = record_path(state_dir, id);
-    let bytes = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(&p)
-    {
-        Ok(f) => {
-            // A FIFO or device planted as a record is refused, never read from.
-            if !f.metadata().is_ok_and(|m| m.is_file()) {
-                return Err(Error::io(
-                    "read record",
-                    &p,
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"),
-                ));
-            }
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(f, 1 << 20), &mut v)
-                .map_err(|e| Error::io("read", &p, e))?;
-            v
-        }
+    // A FIFO, device or symlink planted as a record is refused, never read from.
+    let bytes = match crate::read_bounded(&p, 1 << 20, true) {
+        Ok(v) => v,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("open", &p, e)),
+        Err(e) => return Err(Error::io("read record", &p, e)),
     };
     match serde_json::from_slice::<Record>(&bytes) {
         Ok(r) if r.id == id => Ok(Some(r)),

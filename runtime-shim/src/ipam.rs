@@ -9,7 +9,7 @@
 //! record is never seen half-written. Nothing here follows a symlink planted in the dir.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -45,22 +45,10 @@ fn nofollow() -> OpenOptions {
     o
 }
 
-/// Read a small file of the store: a regular file only (a FIFO, device or socket planted
-/// under the name is refused without blocking), at most `max` bytes.
+/// Read a small file of the store (no link followed, no FIFO blocked on).
 fn read_small(path: &Path, max: u64) -> io::Result<String> {
-    let f = nofollow().read(true).open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file",
-        ));
-    }
-    let mut s = String::new();
-    f.take(max + 1).read_to_string(&mut s)?;
-    if s.len() as u64 > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "too large"));
-    }
-    Ok(s)
+    let v = crate::read_bounded(path, max, true)?;
+    String::from_utf8(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Create a new temporary file in `dir` exclusively (O_EXCL, no link followed): a name
@@ -196,17 +184,18 @@ impl AttachmentLock {
     /// noted before its record is linked). None if nothing was ever noted.
     pub fn noted(&self) -> Option<Vec<IpAddr>> {
         use std::os::unix::fs::FileExt;
-        // pread from the start: the fd's offset is never moved, so every call sees it all.
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut len = 0;
-        while len < buf.len() {
-            match self.lock.read_at(&mut buf[len..], len as u64) {
+        // pread from the start: the fd's offset is never moved. A note is a few lines;
+        // more than 64 KiB is not one of ours.
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        loop {
+            match self.lock.read_at(&mut chunk, buf.len() as u64) {
                 Ok(0) => break,
-                Ok(n) => len += n,
-                Err(_) => return None,
+                Ok(n) if buf.len() + n <= 64 * 1024 => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) | Err(_) => return None,
             }
         }
-        let s = String::from_utf8_lossy(&buf[..len]);
+        let s = String::from_utf8_lossy(&buf);
         let mut lines = s.lines();
         if lines.next() != Some(NOTE_HEADER) {
             return None;
@@ -239,7 +228,7 @@ impl AttachmentLock {
         drop(self.lock);
     }
 
-    /// Lock files in the network's dir: (host veth name, path).
+    /// The host veth names that have a lock file in the network's dir, sorted.
     pub fn list(data_dir: &Path, network: &str) -> Vec<String> {
         let dir = data_dir.join(network).join("attachments");
         let Ok(rd) = fs::read_dir(dir) else {
@@ -362,10 +351,10 @@ impl Store {
         })
     }
 
-    /// What (id, ifname) holds: from its note when there is one (constant time), else
-    /// from a scan of every record.
-    fn held(&self, id: &str, ifname: &str, lock: Option<&AttachmentLock>) -> Result<Vec<IpAddr>> {
-        match lock.and_then(AttachmentLock::noted) {
+    /// What (id, ifname) holds, from its note (`noted`: constant time, each address
+    /// checked against its record), else from a scan of every record.
+    fn held(&self, id: &str, ifname: &str, noted: Option<Vec<IpAddr>>) -> Result<Vec<IpAddr>> {
+        match noted {
             Some(ips) => {
                 let mut v: Vec<IpAddr> = ips
                     .into_iter()
@@ -395,9 +384,10 @@ impl Store {
     ) -> Result<Vec<Allocation>> {
         // A new attachment has an empty note: nothing to look for (an attachment made by
         // a version without notes may then hold a second address until GC).
-        let held = match lock {
-            Some(l) if l.noted().is_none() => Vec::new(),
-            _ => self.held(id, ifname, lock)?,
+        let held = match lock.map(AttachmentLock::noted) {
+            Some(None) => Vec::new(),
+            Some(noted) => self.held(id, ifname, noted)?,
+            None => self.held(id, ifname, None)?,
         };
         let mut noted = held.clone();
         let mut note = |ip: IpAddr| -> Result<()> {
@@ -625,7 +615,7 @@ impl Store {
         lock: Option<&AttachmentLock>,
     ) -> Result<Vec<IpAddr>> {
         let ips = match lock.and_then(AttachmentLock::noted) {
-            Some(_) => self.held(id, ifname, lock)?,
+            Some(noted) => self.held(id, ifname, Some(noted))?,
             None => self.get_by_id(id, ifname)?,
         };
         for ip in &ips {

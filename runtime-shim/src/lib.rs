@@ -332,33 +332,36 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// blocking: `/dev/zero` or a planted FIFO never hangs or exhausts memory), at most `max`
 /// bytes.
 pub fn read_regular(path: &std::path::Path, max: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
+    read_bounded(path, max, false).map_err(|e| Error::io("read", path, e))
+}
+
+/// The one reader of files podwire does not write atomically itself: opened
+/// `O_NONBLOCK` (a planted FIFO never blocks the open or the read), refused unless it is a
+/// regular file, at most `max` bytes; with `nofollow`, a symlink is refused too (ELOOP).
+pub(crate) fn read_bounded(
+    path: &std::path::Path,
+    max: u64,
+    nofollow: bool,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error as IoError, ErrorKind, Read};
     use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+    if nofollow {
+        flags |= nix::libc::O_NOFOLLOW;
+    }
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
-    let meta = f.metadata().map_err(|e| Error::io("stat", path, e))?;
-    if !meta.is_file() {
-        return Err(Error::io(
-            "read",
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-        ));
+        .custom_flags(flags)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(IoError::new(ErrorKind::InvalidData, "not a regular file"));
     }
     let mut v = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut v)
-        .map_err(|e| Error::io("read", path, e))?;
+    f.take(max + 1).read_to_end(&mut v)?;
     if v.len() as u64 > max {
-        return Err(Error::io(
-            "read",
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("larger than {max} bytes"),
-            ),
+        return Err(IoError::new(
+            ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
         ));
     }
     Ok(v)

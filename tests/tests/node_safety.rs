@@ -39,6 +39,25 @@ fn second_network(a: &Network, shared: &TempDir, name: &str, subnet: &str) -> Pa
     conf
 }
 
+/// A shell script run in a private mount namespace (its mounts vanish with it).
+fn in_private_mounts(script: &str) -> Output {
+    run(
+        "unshare",
+        &["-m", "--propagation", "private", "sh", "-c", script],
+    )
+}
+
+/// The shell command of `runtime-shim setup` of `pod` as `id` in `n`'s node.
+fn setup_line(n: &Network, pod: &Ns, id: &str) -> String {
+    format!(
+        "nsenter --net={} -- {} setup --netns {} --id {id} --config {}",
+        n.node.node.path().display(),
+        bin("runtime-shim").display(),
+        pod.path().display(),
+        n.config.display()
+    )
+}
+
 /// runtime-shim in `node` with extra arguments (another network's config, …).
 fn shim_at(node: &Ns, args: &[&str]) -> Output {
     shim_in(node).args(args).output().unwrap()
@@ -317,19 +336,12 @@ fn a_full_disk_leaves_no_reservation_or_temp_file() {
     let script = format!(
         "mount -t tmpfs -o size=64k tmpfs {d} && mkdir -p {d}/{net} && touch {d}/{net}/lock \
          && (dd if=/dev/zero of={d}/fill bs=4k 2>/dev/null; true) \
-         && nsenter --net={node} -- {shim} setup --netns {pod} --id c1 --config {conf}; \
-         rc=$?; ls -A {d}/{net}; exit $rc",
+         && {setup}; rc=$?; ls -A {d}/{net}; exit $rc",
         d = data.display(),
         net = n.name,
-        node = n.node.node.path().display(),
-        shim = bin("runtime-shim").display(),
-        pod = n.node.pod(p).path().display(),
-        conf = n.config.display(),
+        setup = setup_line(&n, n.node.pod(p), "c1"),
     );
-    let o = run(
-        "unshare",
-        &["-m", "--propagation", "private", "sh", "-c", &script],
-    );
+    let o = in_private_mounts(&script);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
     let left: Vec<String> = String::from_utf8_lossy(&o.stdout)
@@ -565,20 +577,14 @@ fn executed_tools_come_from_system_dirs_with_two_capabilities() {
     let p = n.node.add_pod("p");
     let script = format!(
         "mount --bind {w} {t} && cd {cwd} && PATH={tools}:/usr/sbin:/usr/bin:/sbin:/bin \
-         nsenter --net={node} -- {shim} setup --netns {pod} --id caps1 --config {conf}",
+         {setup}",
         w = wrapper.display(),
         t = target.display(),
         cwd = n.dir.path().display(),
         tools = tools.display(),
-        node = n.node.node.path().display(),
-        shim = bin("runtime-shim").display(),
-        pod = n.node.pod(p).path().display(),
-        conf = n.config.display(),
+        setup = setup_line(&n, n.node.pod(p), "caps1"),
     );
-    let o = run(
-        "unshare",
-        &["-m", "--propagation", "private", "sh", "-c", &script],
-    );
+    let o = in_private_mounts(&script);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!planted.exists(), "a planted iptables ran");
     let caps = std::fs::read_to_string(&report).expect("the shim ran the system iptables");
@@ -921,4 +927,28 @@ fn soak_four_workers_three_hundred_random_operations_two_networks_one_bridge() {
     assert_eq!(node_links(), links0, "node links");
     assert_eq!(sysctls(), sysctl0, "sysctls");
     eprintln!("soak: {:?}", counts.into_inner().unwrap());
+}
+
+#[test]
+fn gc_skips_an_attachment_whose_add_or_del_is_in_flight() {
+    let mut n = net("busy", "10.88.5.0/24", "pwbr0", None);
+    let p = n.node.add_pod("p");
+    assert!(n.setup(&n.node.pod(p).path(), "c1").status.success());
+    // Hold c1's attachment lock, as an ADD or DEL of it in flight would.
+    let veth = runtime_shim::plan::host_veth_name("c1", "eth0");
+    let held = runtime_shim::ipam::AttachmentLock::lock(&n.data_dir(), &n.name, &veth, true)
+        .unwrap()
+        .unwrap();
+    let o = n.shim(&["gc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        n.records().len(),
+        1,
+        "the in-flight attachment keeps its address"
+    );
+    assert_eq!(n.host_veths(), vec![veth.clone()]);
+    drop(held);
+    let o = n.shim(&["gc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(n.records().is_empty() && n.host_veths().is_empty());
 }

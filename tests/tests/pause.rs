@@ -384,23 +384,13 @@ fn syscall_of(pid: i32) -> Option<i64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
-#[test]
-fn sigterm_exits_0_while_stderr_is_a_full_pipe() {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    require_root();
-    let (rd, wr) = nix::unistd::pipe().unwrap();
-    // Fill the pipe, then make the description blocking again, as a runtime's log pipe
-    // whose reader stalled would be.
-    fcntl(&wr, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
-    let chunk = [b'x'; 4096];
-    while nix::unistd::write(&wr, &chunk).is_ok() {}
-    fcntl(&wr, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
-    let exe = pause_bin();
-    // Not PID 1: pause writes its warning first, then, at SIGTERM, its shutdown line.
-    let child = Command::new(&exe)
+/// pause, not PID 1, with `stderr` as its stderr (already full): it must reach its signal
+/// wait past the warning, and exit 0 on SIGTERM past its shutdown line.
+fn sigterm_exits_0_with_a_full_stderr(stderr: std::os::fd::OwnedFd) {
+    let child = Command::new(pause_bin())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::from(wr))
+        .stderr(Stdio::from(stderr))
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
@@ -414,5 +404,32 @@ fn sigterm_exits_0_while_stderr_is_a_full_pipe() {
         g.0.try_wait().unwrap()
     });
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sigterm_exits_0_while_stderr_is_a_full_pipe() {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    require_root();
+    let (rd, wr) = nix::unistd::pipe().unwrap();
+    // Fill the pipe, then make the description blocking again, as a runtime's log pipe
+    // whose reader stalled would be.
+    fcntl(&wr, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let chunk = [b'x'; 4096];
+    while nix::unistd::write(&wr, &chunk).is_ok() {}
+    fcntl(&wr, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    sigterm_exits_0_with_a_full_stderr(wr);
+    drop(rd);
+}
+
+#[test]
+fn sigterm_exits_0_while_stderr_is_a_full_socket() {
+    use std::io::Write;
+    require_root();
+    // A log collector's socket whose reader stalled (journald-style stderr).
+    let (mut wr, rd) = std::os::unix::net::UnixStream::pair().unwrap();
+    wr.set_nonblocking(true).unwrap();
+    while wr.write(&[b'x'; 4096]).is_ok() {}
+    wr.set_nonblocking(false).unwrap();
+    sigterm_exits_0_with_a_full_stderr(wr.into());
     drop(rd);
 }
