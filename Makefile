@@ -8,7 +8,7 @@ PAUSE_IMAGE := out/pause-image.tar
 PAUSE_REF ?= localhost/podwire/pause:$(VERSION)
 
 # Debian packages the project drives or measures against.
-DEB_PKGS := iproute2 iptables runc busybox-static catatonit containernetworking-plugins \
+DEB_PKGS := iproute2 iptables nftables conntrack runc busybox-static catatonit containernetworking-plugins \
 	podman netavark containerd protobuf-compiler util-linux procps psmisc file binutils tar gzip hyperfine
 
 .PHONY: all build pause pause-image test unit-test privileged-test demo bench stress lint fmt deps install clean fuzz-smoke fuzz-tools

@@ -147,11 +147,20 @@ pub fn cni_request(data: &[u8]) {
     let p = plan::plan(net, id, ifname, &allocs);
     assert_ifname(&p.host_veth, "host veth");
     assert_ne!(p.host_veth, net.bridge);
-    for s in &p.masq {
-        let args = masq::rule_args(&net.name, s);
+    if let Some(t) = masq::Policy::of(net).table() {
+        // nf_tables' name limit; comments within nft's.
+        assert!(t.name.len() < 256, "table name {}", t.name);
+        for (chain, comment) in t.rule_comments() {
+            assert!(
+                comment.len() <= runtime_shim::nft::COMMENT_MAX,
+                "{chain}: {comment}"
+            );
+        }
+    }
+    for (_, ip) in &input.requested.ips {
         assert!(
-            args.iter().all(|a| !a.contains(['"', '\n', '\''])),
-            "masquerade rule args {args:?}"
+            net.range_sets.iter().flatten().any(|r| r.contains(*ip)),
+            "a requested address outside every range was accepted: {ip}"
         );
     }
 

@@ -10,11 +10,12 @@ use std::path::Path;
 use ipnet::IpNet;
 use netns::NetNs;
 
-use crate::config::Network;
+use crate::config::{Network, Requested};
 use crate::ipam::{AttachmentLock, Store};
 use crate::kernel::{Kernel, Real, VethSpec, forwarding_sysctl};
 use crate::link::{Link, mac_string};
-use crate::plan::{Plan, plan};
+use crate::masq::{BRIDGE_GROUP, Policy};
+use crate::plan::{Plan, PlannedRoute, plan};
 use crate::result::{self, CniResult};
 use crate::{Error, Mismatch, Result, masq, validate_container_id, validate_ifname};
 
@@ -27,7 +28,7 @@ pub enum Step {
     CreateVeth,
     BringUpHostVeth,
     ConfigurePod,
-    Masquerade,
+    Policy,
 }
 
 impl Step {
@@ -38,7 +39,7 @@ impl Step {
         Step::CreateVeth,
         Step::BringUpHostVeth,
         Step::ConfigurePod,
-        Step::Masquerade,
+        Step::Policy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,7 +50,7 @@ impl Step {
             Step::CreateVeth => "create veth",
             Step::BringUpHostVeth => "bring up host veth",
             Step::ConfigurePod => "configure pod interface",
-            Step::Masquerade => "masquerade",
+            Step::Policy => "masquerade and isolation",
         }
     }
 }
@@ -93,9 +94,12 @@ enum Undo {
     BridgeAddress(u32, IpNet),
     /// This call set an existing bridge up.
     BridgeDown(u32),
+    /// This call put an existing bridge (in group 0) in podwire's group.
+    BridgeGroup(u32),
     /// A sysctl and the value it had before this call.
     Sysctl(&'static str, String),
-    Unmasq(IpNet),
+    /// This call wrote the network's firewall table; the host veth is this call's own.
+    RemovePolicy(String),
 }
 
 struct Txn<'a> {
@@ -151,11 +155,18 @@ impl Txn<'_> {
                     Ok(false) => k.set_down(*index),
                     other => other.map(|_| ()),
                 },
+                Undo::BridgeGroup(index) => match has_ports(k, *index) {
+                    Ok(false) => k.set_group(*index, 0),
+                    other => other.map(|_| ()),
+                },
                 Undo::Sysctl(path, old) => match any_podwire_veth(k) {
                     Ok(false) => k.write_sysctl(path, old),
                     other => other.map(|_| ()),
                 },
-                Undo::Unmasq(subnet) => k.masq_remove(&self.net.name, subnet).map(|_| ()),
+                Undo::RemovePolicy(own) => match other_pods(k, &self.net.name, own) {
+                    Ok(false) => k.policy_remove(&self.net.name).map(|_| ()),
+                    other => other.map(|_| ()),
+                },
             };
             if let Err(e) = r {
                 eprintln!(
@@ -165,6 +176,13 @@ impl Txn<'_> {
             }
         }
     }
+}
+
+/// Does the network have a pod on this node other than the one of host veth `own`?
+fn other_pods(k: &mut dyn Kernel, network: &str, own: &str) -> Result<bool> {
+    Ok(k.links()?
+        .iter()
+        .any(|l| l.name != own && is_ours(l, network)))
 }
 
 /// Does any pod of any podwire network still hang off this node?
@@ -208,6 +226,12 @@ fn ensure_bridge(
     if !br.up {
         k.set_up(br.index)?;
         undo.push(Undo::BridgeDown(br.index));
+    }
+    // Isolated networks know other networks' bridges by this group; a bridge someone
+    // put in a group of their own keeps it.
+    if br.group == 0 {
+        k.set_group(br.index, BRIDGE_GROUP)?;
+        undo.push(Undo::BridgeGroup(br.index));
     }
     Ok(br)
 }
@@ -253,14 +277,28 @@ fn refuse_own(pod: &NetNs, path: &Path) -> Result<()> {
 }
 
 /// Wire the pod namespace at `netns_path` to the network's bridge in the caller's
-/// namespace. On error, nothing this call changed is left behind. Calls for one
-/// (network, container id, ifname) are serialised.
-pub fn setup(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result<CniResult> {
+/// namespace, with the static address or MAC `req` asks for. On error, nothing this
+/// call changed is left behind. Calls for one (network, container id, ifname) are
+/// serialised.
+pub fn setup(
+    net: &Network,
+    netns_path: &Path,
+    id: &str,
+    ifname: &str,
+    req: &Requested,
+) -> Result<CniResult> {
     validate_request(id, ifname)?;
     let pod = open_pod_netns(netns_path)?;
     let lock = AttachmentLock::acquire(net, id, ifname)?;
     let mut k = Real::open()?;
-    let r = setup_with(&mut k, net, &pod, netns_path, id, ifname, Some(&lock));
+    let at = Attachment {
+        pod: &pod,
+        netns_path,
+        id,
+        ifname,
+        req,
+    };
+    let r = setup_with(&mut k, net, &at, Some(&lock));
     // A failed setup undid everything, so its lock file (and note) goes too; but an
     // attachment that is already set up keeps its own.
     if matches!(&r, Err(e) if !matches!(e, Error::AlreadySetUp { .. })) {
@@ -269,16 +307,30 @@ pub fn setup(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
     r
 }
 
-/// [`setup`] over any kernel, for a pod namespace already opened and checked.
+/// One attachment a setup makes: the pod namespace (opened and checked), where it is
+/// pinned, the container id, the interface name, and what the runtime asked for.
+pub struct Attachment<'a> {
+    pub pod: &'a NetNs,
+    pub netns_path: &'a Path,
+    pub id: &'a str,
+    pub ifname: &'a str,
+    pub req: &'a Requested,
+}
+
+/// [`setup`] over any kernel.
 pub fn setup_with(
     k: &mut dyn Kernel,
     net: &Network,
-    pod: &NetNs,
-    netns_path: &Path,
-    id: &str,
-    ifname: &str,
+    at: &Attachment,
     lock: Option<&AttachmentLock>,
 ) -> Result<CniResult> {
+    let Attachment {
+        pod,
+        netns_path,
+        id,
+        ifname,
+        req,
+    } = *at;
     validate_request(id, ifname)?;
     let host = crate::plan::host_veth_name(id, ifname);
     if k.link(&host)?.is_some() {
@@ -302,7 +354,7 @@ pub fn setup_with(
     let allocs = t.step(k, Step::ReserveAddresses, |_, undo| {
         // The lock is held only while allocating.
         let store = Store::open(&net.data_dir, &net.name)?;
-        let a = store.allocate_noted(net, id, ifname, lock)?;
+        let a = store.allocate_noted(net, id, ifname, lock, &req.ips)?;
         undo.push(Undo::Release(a.iter().map(|a| a.ip).collect()));
         Ok(a)
     })?;
@@ -330,7 +382,7 @@ pub fn setup_with(
             host: p.host_veth.clone(),
             host_mac: host_marker(&net.name, &p.host_veth),
             peer: p.ifname.clone(),
-            peer_mac: pod_marker(&net.name, &p.host_veth),
+            peer_mac: req.mac.unwrap_or(pod_marker(&net.name, &p.host_veth)),
             mtu: p.mtu,
             controller: br.index,
         };
@@ -341,27 +393,17 @@ pub fn setup_with(
     t.step(k, Step::BringUpHostVeth, |k, _| {
         k.bring_up_port(host_link.index, p.hairpin)
     })?;
-    let pod_link = t.step(k, Step::ConfigurePod, |k, _| k.configure_pod(pod, &p))?;
-    if !p.masq.is_empty() {
-        let marker = masq::marker(&p.masq);
-        if br.alias.as_deref() != Some(marker.as_str()) {
-            t.step(k, Step::Masquerade, |k, undo| {
-                // Check-then-add must not race with a concurrent first pod: hold the
-                // network's lock and look at the marker again under it.
-                let _lock = Store::open(&net.data_dir, &net.name)?;
-                let now = k.link(&p.bridge)?.and_then(|l| l.alias);
-                if now.as_deref() == Some(marker.as_str()) {
-                    return Ok(());
-                }
-                for s in &p.masq {
-                    if k.masq_ensure(&net.name, s)? {
-                        undo.push(Undo::Unmasq(*s));
-                    }
-                }
-                k.set_alias(br.index, &marker)
-            })?;
+    let (pod_link, routes) = t.step(k, Step::ConfigurePod, |k, _| k.configure_pod(pod, &p))?;
+    // Every ADD proves the network's masquerade (and isolation) is in place and heals it
+    // if not; under the network's lock, so the last pod's DEL or a GC cannot remove it
+    // between this check and this pod going live.
+    t.step(k, Step::Policy, |k, undo| {
+        let _lock = Store::open(&net.data_dir, &net.name)?;
+        if k.policy_heal(&Policy::of(net))? {
+            undo.push(Undo::RemovePolicy(p.host_veth.clone()));
         }
-    }
+        Ok(())
+    })?;
     t.undo.clear();
 
     let mac = |l: &Link| l.mac.as_ref().map(mac_string).unwrap_or_default();
@@ -399,8 +441,7 @@ pub fn setup_with(
                 interface: Some(2),
             })
             .collect(),
-        routes: p
-            .pod_routes
+        routes: routes
             .iter()
             .map(|r| result::Route {
                 dst: r.dst.to_string(),
@@ -412,9 +453,10 @@ pub fn setup_with(
 }
 
 /// Undo a setup, knowing only the container id: delete the host veth this network made
-/// for (id, ifname) (its pod end goes with it) and release the addresses. Succeeds when
-/// things are already gone, the namespace included; never touches the bridge, the
-/// masquerade rule, or any link without podwire's marker for this attachment.
+/// for (id, ifname) (its pod end goes with it) and release the addresses; when it was
+/// the network's last pod on the node, remove the network's firewall table too.
+/// Succeeds when things are already gone, the namespace included; never touches the
+/// bridge or any link without podwire's marker for this attachment.
 pub fn teardown(net: &Network, netns_path: Option<&Path>, id: &str, ifname: &str) -> Result<()> {
     validate_request(id, ifname)?;
     let pod = match netns_path.filter(|p| !p.as_os_str().is_empty()) {
@@ -490,14 +532,35 @@ pub fn teardown_with(
             .and_then(|s| s.release_noted(id, ifname, lock))
             .map(|_| ()),
     );
+    keep(remove_policy_if_unused(k, net).map(|_| ()));
     match first_err {
         Some(e) => Err(e),
         None => Ok(()),
     }
 }
 
-/// Verify that the pod's interface, addresses and routes are what setup made.
-pub fn check(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result<()> {
+/// Remove the network's firewall table if no pod of the network is left on the node.
+/// Under the network's lock: an ADD heals the table under it too, after its veth exists.
+pub fn remove_policy_if_unused(k: &mut dyn Kernel, net: &Network) -> Result<bool> {
+    let _lock = Store::open(&net.data_dir, &net.name)?;
+    if k.links()?.iter().any(|l| is_ours(l, &net.name)) {
+        return Ok(false);
+    }
+    k.policy_remove(&net.name)
+}
+
+/// Verify that the pod's interface, addresses and routes are what setup made, and that
+/// the network's firewall table is intact. `reported`: the routes the runtime recorded
+/// (prevResult); a default route is required only if reported, since a pod on two
+/// networks gets it from the first (without a prevResult, any default route of the
+/// family will do).
+pub fn check(
+    net: &Network,
+    netns_path: &Path,
+    id: &str,
+    ifname: &str,
+    reported: Option<&[result::Route]>,
+) -> Result<()> {
     validate_request(id, ifname)?;
     let pod = open_pod_netns(netns_path)?;
     let store = Store::open(&net.data_dir, &net.name)?;
@@ -560,10 +623,15 @@ pub fn check(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
         }
         let routes = nl.routes()?;
         for r in &p.pod_routes {
-            if !routes
-                .iter()
-                .any(|x| x.dst == r.dst && x.gw == r.gw && x.oif == Some(eth.index))
-            {
+            let ours = |x: &crate::link::RouteEntry| {
+                x.dst == r.dst && x.gw == r.gw && x.oif == Some(eth.index)
+            };
+            let required = r.dst.prefix_len() > 0
+                || match reported {
+                    Some(rep) => rep.iter().any(|x| reported_as(x, r)),
+                    None => !routes.iter().any(|x| x.dst == r.dst),
+                };
+            if required && !routes.iter().any(ours) {
                 return Err(Error::Check(Mismatch::RouteMissing {
                     dst: r.dst,
                     via: r.gw,
@@ -572,12 +640,18 @@ pub fn check(net: &Network, netns_path: &Path, id: &str, ifname: &str) -> Result
         }
         Ok(())
     })??;
-    for s in &p.masq {
-        if !masq::exists(&net.name, s)? {
-            return Err(Error::Check(Mismatch::MasqueradeMissing(*s)));
-        }
+    if !masq::intact(&mut crate::nft::Nft::open()?, &Policy::of(net))? {
+        return Err(Error::Check(Mismatch::PolicyMissing(masq::table_name(
+            &net.name,
+        ))));
     }
     Ok(())
+}
+
+/// Is `r` the route a result reported as `x`?
+fn reported_as(x: &result::Route, r: &PlannedRoute) -> bool {
+    x.dst.parse::<IpNet>().is_ok_and(|d| d.trunc() == r.dst)
+        && x.gw.as_deref().and_then(|g| g.parse().ok()) == r.gw
 }
 
 #[cfg(test)]
@@ -593,7 +667,8 @@ mod tests {
         links: Vec<Link>,
         addrs: BTreeSet<(u32, IpNet)>,
         sysctls: BTreeMap<String, String>,
-        masq: BTreeSet<(String, IpNet)>,
+        /// Network -> its firewall table (the policy's Debug form).
+        tables: BTreeMap<String, String>,
         /// The pod's links: (name, MAC, up, addresses).
         pod: Vec<(String, [u8; 6], bool, Vec<IpNet>)>,
         next: u32,
@@ -602,10 +677,10 @@ mod tests {
     }
 
     type Snapshot = (
-        Vec<(String, bool, Option<String>, Option<u32>, Option<String>)>,
+        Vec<(String, bool, u32, Option<u32>, Option<String>)>,
         BTreeSet<(u32, IpNet)>,
         BTreeMap<String, String>,
-        BTreeSet<(String, IpNet)>,
+        BTreeMap<String, String>,
         Vec<(String, [u8; 6], bool, Vec<IpNet>)>,
     );
 
@@ -633,6 +708,7 @@ mod tests {
                 up,
                 alias: None,
                 kind: kind.map(String::from),
+                group: 0,
             });
             self.next
         }
@@ -662,22 +738,14 @@ mod tests {
             let mut links: Vec<_> = self
                 .links
                 .iter()
-                .map(|l| {
-                    (
-                        l.name.clone(),
-                        l.up,
-                        l.alias.clone(),
-                        l.controller,
-                        l.kind.clone(),
-                    )
-                })
+                .map(|l| (l.name.clone(), l.up, l.group, l.controller, l.kind.clone()))
                 .collect();
             links.sort();
             (
                 links,
                 self.addrs.clone(),
                 self.sysctls.clone(),
-                self.masq.clone(),
+                self.tables.clone(),
                 self.pod.clone(),
             )
         }
@@ -697,7 +765,8 @@ mod tests {
             if self.links.iter().any(|l| l.name == name) {
                 return Ok(false);
             }
-            self.add_link(name, Some("bridge"), true);
+            let i = self.add_link(name, Some("bridge"), true);
+            self.by_index(i)?.group = BRIDGE_GROUP;
             Ok(true)
         }
         fn set_up(&mut self, index: u32) -> Result<()> {
@@ -710,9 +779,9 @@ mod tests {
             self.by_index(index)?.up = false;
             Ok(())
         }
-        fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
-            self.call("set alias")?;
-            self.by_index(index)?.alias = Some(alias.into());
+        fn set_group(&mut self, index: u32, group: u32) -> Result<()> {
+            self.call("set group")?;
+            self.by_index(index)?.group = group;
             Ok(())
         }
         fn add_address(&mut self, index: u32, addr: IpNet) -> Result<bool> {
@@ -759,7 +828,7 @@ mod tests {
             self.by_index(index)?.up = true;
             Ok(())
         }
-        fn configure_pod(&mut self, _: &NetNs, p: &Plan) -> Result<Link> {
+        fn configure_pod(&mut self, _: &NetNs, p: &Plan) -> Result<(Link, Vec<PlannedRoute>)> {
             self.call("configure pod")?;
             let eth = self
                 .pod
@@ -768,7 +837,7 @@ mod tests {
                 .ok_or_else(|| Error::Check(Mismatch::PodLinkMissing(p.ifname.clone())))?;
             eth.2 = true;
             eth.3 = p.pod_addrs.clone();
-            Ok(Link {
+            let link = Link {
                 index: 2,
                 name: p.ifname.clone(),
                 mac: None,
@@ -777,7 +846,9 @@ mod tests {
                 up: true,
                 alias: None,
                 kind: Some("veth".into()),
-            })
+                group: 0,
+            };
+            Ok((link, p.pod_routes.clone()))
         }
         fn delete_pod_link(&mut self, _: &NetNs, ifname: &str, mac: [u8; 6]) -> Result<bool> {
             self.call("delete pod link")?;
@@ -794,13 +865,16 @@ mod tests {
             self.sysctls.insert(path.into(), value.into());
             Ok(())
         }
-        fn masq_ensure(&mut self, network: &str, subnet: &IpNet) -> Result<bool> {
-            self.call("masq ensure")?;
-            Ok(self.masq.insert((network.into(), *subnet)))
+        fn policy_heal(&mut self, p: &Policy) -> Result<bool> {
+            self.call("policy heal")?;
+            let want = format!("{p:?}");
+            let changed = self.tables.get(&p.network) != Some(&want);
+            self.tables.insert(p.network.clone(), want);
+            Ok(changed)
         }
-        fn masq_remove(&mut self, network: &str, subnet: &IpNet) -> Result<usize> {
-            self.call("masq remove")?;
-            Ok(usize::from(self.masq.remove(&(network.into(), *subnet))))
+        fn policy_remove(&mut self, network: &str) -> Result<bool> {
+            self.call("policy remove")?;
+            Ok(self.tables.remove(network).is_some())
         }
     }
 
@@ -833,7 +907,14 @@ mod tests {
 
     fn run(k: &mut Fake, net: &Network) -> Result<CniResult> {
         let pod = NetNs::current().unwrap();
-        setup_with(k, net, &pod, Path::new("/run/netns/p"), "c1", "eth0", None)
+        let at = Attachment {
+            pod: &pod,
+            netns_path: Path::new("/run/netns/p"),
+            id: "c1",
+            ifname: "eth0",
+            req: &Requested::default(),
+        };
+        setup_with(k, net, &at, None)
     }
 
     /// Fail every call of a setup in turn, from nodes in several starting states: each
@@ -854,7 +935,7 @@ mod tests {
             let mut ok = initial.clone();
             run(&mut ok, &n).unwrap();
             let total = ok.calls;
-            assert!(ok.masq.len() == 2 && ok.pod.len() == 1);
+            assert!(ok.tables.len() == 1 && ok.pod.len() == 1);
             Store::open(&n.data_dir, &n.name)
                 .unwrap()
                 .release("c1", "eth0")

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{NetConf, Network};
+use crate::config::{NetConf, Network, Requested, parse_mac, parse_requested_ip};
 use crate::result::CniResult;
 use crate::{Error, Result};
 
@@ -39,6 +39,8 @@ pub mod code {
     pub const ALREADY_SET_UP: u32 = 102;
     /// CHECK found the attachment differs from what ADD made.
     pub const CHECK_FAILED: u32 = 103;
+    /// A requested (static) address is held by another attachment.
+    pub const ADDRESS_IN_USE: u32 = 104;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +60,8 @@ pub struct Request {
     pub container_id: String,
     pub netns: Option<PathBuf>,
     pub ifname: String,
-    /// `CNI_ARGS` (`K=V;K=V`), kept for diagnostics; nothing here needs a key from it.
+    /// `CNI_ARGS` (`K=V;K=V`): `IP` and `MAC` are read; every other key (`K8S_POD_*`,
+    /// `IgnoreUnknown`, ...) is accepted and ignored.
     pub args: String,
 }
 
@@ -153,6 +156,7 @@ pub fn error_code(e: &Error) -> u32 {
             code::NOT_AVAILABLE
         }
         Error::Exhausted { .. } => code::EXHAUSTED,
+        Error::AddressInUse { .. } => code::ADDRESS_IN_USE,
         Error::AlreadySetUp { .. } => code::ALREADY_SET_UP,
         Error::Check(_) => code::CHECK_FAILED,
         Error::Io { source, .. } | Error::Netlink { source, .. } if transient(source) => {
@@ -309,6 +313,64 @@ pub struct Input {
     pub prev: Option<CniResult>,
     /// GC: the attachments to keep.
     pub valid: Option<BTreeSet<(String, String)>>,
+    /// ADD: the static address(es) and MAC asked for.
+    pub requested: Requested,
+}
+
+/// `CNI_ARGS` as (key, value) pairs: `K=V` separated by `;`.
+pub fn parse_cni_args(args: &str) -> Result<Vec<(&str, &str)>> {
+    args.split(';')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=').ok_or_else(|| Error::Env {
+                var: "CNI_ARGS",
+                reason: format!("{p:?} is not KEY=VALUE"),
+            })
+        })
+        .collect()
+}
+
+/// What the runtime asks for this attachment, from every conventional place: `CNI_ARGS`
+/// `IP=` (comma-separated) and `MAC=`, `args.cni.ips`/`mac`, and the `ips`/`mac`
+/// capabilities in `runtimeConfig`. Addresses from all of them are merged (as host-local
+/// does); for the MAC, runtimeConfig wins over args, args over `CNI_ARGS` (as bridge does).
+/// Each address is checked against the network's ranges here, before anything changes.
+pub fn requested(args: &str, conf: &NetConf, net: &Network) -> Result<Requested> {
+    let mut ips: Vec<(String, std::net::IpAddr)> = Vec::new();
+    let mut mac = None;
+    let mut push = |field: String, s: &str| -> Result<()> {
+        let ip = parse_requested_ip(&field, s)?;
+        if !ips.iter().any(|(_, x)| *x == ip) {
+            ips.push((field, ip));
+        }
+        Ok(())
+    };
+    for (k, v) in parse_cni_args(args)? {
+        match k {
+            "IP" => {
+                for ip in v.split(',').filter(|s| !s.is_empty()) {
+                    push("CNI_ARGS IP".into(), ip)?;
+                }
+            }
+            "MAC" if !v.is_empty() => mac = Some(parse_mac("CNI_ARGS MAC", v)?),
+            _ => {}
+        }
+    }
+    let sources = [
+        ("args.cni", conf.args.as_ref().and_then(|a| a.cni.as_ref())),
+        ("runtimeConfig", conf.runtime_config.as_ref()),
+    ];
+    for (name, rc) in sources {
+        let Some(rc) = rc else { continue };
+        for (i, s) in rc.ips.iter().flatten().enumerate() {
+            push(format!("{name}.ips[{i}]"), s)?;
+        }
+        if let Some(m) = rc.mac.as_deref().filter(|m| !m.is_empty()) {
+            mac = Some(parse_mac(&format!("{name}.mac"), m)?);
+        }
+    }
+    net.place_requested(&ips)?;
+    Ok(Requested { ips, mac })
 }
 
 /// Parse stdin for `req` (not VERSION, which reads nothing).
@@ -322,11 +384,16 @@ pub fn parse_input(req: &Request, stdin: &[u8]) -> Result<Input> {
         Command::Gc => Some(valid_attachments(&conf)?),
         _ => None,
     };
+    let requested = match req.command {
+        Command::Add => requested(&req.args, &conf, &net)?,
+        _ => Requested::default(),
+    };
     Ok(Input {
         conf,
         net,
         prev,
         valid,
+        requested,
     })
 }
 
@@ -340,6 +407,7 @@ pub fn run(req: &Request, stdin: &[u8]) -> Result<Option<String>> {
         net,
         prev,
         valid,
+        requested,
     } = parse_input(req, stdin)?;
     crate::check_capabilities()?;
     let id = req.container_id.as_str();
@@ -353,7 +421,7 @@ pub fn run(req: &Request, stdin: &[u8]) -> Result<Option<String>> {
     match req.command {
         Command::Version => Ok(Some(version_json())),
         Command::Add => {
-            let mut ours = crate::setup(&net, netns()?, id, ifname)?;
+            let mut ours = crate::setup(&net, netns()?, id, ifname, &requested)?;
             ours.cni_version = conf.cni_version.clone();
             let out = match prev {
                 Some(p) => merge(p, ours),
@@ -366,7 +434,8 @@ pub fn run(req: &Request, stdin: &[u8]) -> Result<Option<String>> {
             Ok(None)
         }
         Command::Check => {
-            crate::check(&net, netns()?, id, ifname)?;
+            let reported = prev.as_ref().map(|p| p.routes.as_slice());
+            crate::check(&net, netns()?, id, ifname, reported)?;
             if let Some(prev) = prev {
                 check_prev(&net, &prev, id, ifname)?;
             }

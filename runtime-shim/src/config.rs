@@ -14,6 +14,8 @@ use crate::{Error, Result};
 
 pub const DEFAULT_BRIDGE: &str = "cni0";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+/// Each entry is a rule per pod subnet: keep the table small.
+pub const MAX_NON_MASQUERADE: usize = 64;
 
 /// The network config as written (one plugin entry of a conflist, or a standalone conf).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -37,8 +39,21 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     #[serde(default)]
     pub hairpin_mode: bool,
+    /// Destinations never masqueraded (ip-masq-agent's name): the cluster's pod range,
+    /// so every pod sees every other pod's own address.
+    #[serde(default, rename = "nonMasqueradeCIDRs")]
+    pub non_masquerade_cidrs: Option<Vec<String>>,
+    /// netavark's `isolate`: `true`, `"true"` or `"strict"` (the same here), `false`.
+    #[serde(default)]
+    pub isolate: Option<serde_json::Value>,
     #[serde(default)]
     pub ipam: Option<IpamConf>,
+    /// libcni's per-attachment capabilities (`ips`, `mac`; others are ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_config: Option<RuntimeConfig>,
+    /// The conventional `args` (`args.cni.ips`, `args.cni.mac`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<ArgsConf>,
     /// Passed through to the result unchanged, as the bridge plugin does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<serde_json::Value>,
@@ -46,6 +61,26 @@ pub struct NetConf {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_result: Option<serde_json::Value>,
     /// Every other key, kept so nothing a runtime sends is rejected.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `runtimeConfig`: what the runtime asks for this attachment.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub ips: Option<Vec<String>>,
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `args`: only `args.cni` is read.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ArgsConf {
+    #[serde(default)]
+    pub cni: Option<RuntimeConfig>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }
@@ -133,6 +168,8 @@ pub struct Network {
     pub routes: Vec<Route>,
     pub data_dir: PathBuf,
     pub dns: Option<serde_json::Value>,
+    pub non_masquerade: Vec<IpNet>,
+    pub isolate: bool,
 }
 
 impl NetConf {
@@ -241,6 +278,38 @@ impl NetConf {
                 ),
             ));
         }
+        let mut non_masquerade = Vec::new();
+        for (i, c) in self.non_masquerade_cidrs.iter().flatten().enumerate() {
+            let field = format!("nonMasqueradeCIDRs[{i}]");
+            let n: IpNet = c
+                .parse()
+                .map_err(|_| Error::config(&field, format!("invalid CIDR {c:?}")))?;
+            if n.addr() != n.network() {
+                return Err(Error::config(
+                    field,
+                    format!("{n} has host bits set (the network is {})", n.trunc()),
+                ));
+            }
+            if non_masquerade.len() == MAX_NON_MASQUERADE {
+                return Err(Error::config(
+                    "nonMasqueradeCIDRs",
+                    format!("more than {MAX_NON_MASQUERADE} entries"),
+                ));
+            }
+            non_masquerade.push(n);
+        }
+        let isolate = match &self.isolate {
+            None | Some(serde_json::Value::Bool(false)) => false,
+            Some(serde_json::Value::Bool(true)) => true,
+            Some(serde_json::Value::String(s)) if s == "true" || s == "strict" => true,
+            Some(serde_json::Value::String(s)) if s == "false" || s.is_empty() => false,
+            Some(v) => {
+                return Err(Error::config(
+                    "isolate",
+                    format!("{v} is not one of true, false, \"true\", \"false\", \"strict\""),
+                ));
+            }
+        };
         Ok(Network {
             name: self.name.clone(),
             cni_version: self.cni_version.clone(),
@@ -254,7 +323,103 @@ impl NetConf {
             routes,
             data_dir,
             dns: self.dns.clone(),
+            non_masquerade,
+            isolate,
         })
+    }
+}
+
+/// What a runtime asked for one attachment: static addresses (each with the field it
+/// came from, for errors) and the pod interface's MAC address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requested {
+    pub ips: Vec<(String, IpAddr)>,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A requested address: an IP, or (the `ips` convention) an IP with its prefix.
+pub fn parse_requested_ip(field: &str, s: &str) -> Result<IpAddr> {
+    let ip = s.split_once('/').map_or(s, |(ip, _)| ip);
+    if let Some((_, p)) = s.split_once('/') {
+        if s.parse::<IpNet>().is_err() {
+            return Err(Error::config(
+                field,
+                format!("{s:?} is not an IP address (prefix {p:?})"),
+            ));
+        }
+    }
+    ip.trim()
+        .parse()
+        .map_err(|_| Error::config(field, format!("{s:?} is not an IP address")))
+}
+
+/// A requested MAC address: six hex octets separated by ':' or '-', unicast, not zero.
+pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6]> {
+    let bad = |why: &str| Error::config(field, format!("{s:?} {why}"));
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+        return Err(bad(
+            "is not a MAC address (six hex octets, e.g. 02:42:ac:11:00:02)",
+        ));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(&parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| bad("has a non-hex octet"))?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(bad("is a multicast address"));
+    }
+    if mac == [0; 6] {
+        return Err(bad("is all zeros"));
+    }
+    Ok(mac)
+}
+
+impl Network {
+    /// Which range set each requested address belongs to: every address must lie inside
+    /// a range (between rangeStart and rangeEnd, not the gateway), at most one per set.
+    pub fn place_requested(&self, ips: &[(String, IpAddr)]) -> Result<Vec<Option<IpAddr>>> {
+        let mut per_set: Vec<Option<IpAddr>> = vec![None; self.range_sets.len()];
+        for (field, ip) in ips {
+            let Some(set) = self
+                .range_sets
+                .iter()
+                .position(|s| s.iter().any(|r| r.contains(*ip)))
+            else {
+                let ranges: Vec<String> = self
+                    .range_sets
+                    .iter()
+                    .flatten()
+                    .map(|r| format!("{}-{}", r.start, r.end))
+                    .collect();
+                return Err(Error::config(
+                    field.as_str(),
+                    format!(
+                        "{ip} is in no range of network {:?} ({})",
+                        self.name,
+                        ranges.join(", ")
+                    ),
+                ));
+            };
+            if self.range_sets[set].iter().any(|r| r.gateway == *ip) {
+                return Err(Error::config(
+                    field.as_str(),
+                    format!("{ip} is the gateway of network {:?}", self.name),
+                ));
+            }
+            match per_set[set] {
+                Some(other) if other != *ip => {
+                    return Err(Error::config(
+                        field.as_str(),
+                        format!(
+                            "{ip} and {other} are in the same range set; a pod gets one address per set"
+                        ),
+                    ));
+                }
+                _ => per_set[set] = Some(*ip),
+            }
+        }
+        Ok(per_set)
     }
 }
 

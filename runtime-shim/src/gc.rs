@@ -18,6 +18,7 @@ use std::path::Path;
 use crate::apply::is_ours;
 use crate::config::Network;
 use crate::ipam::{AttachmentLock, Store};
+use crate::kernel::Kernel;
 use crate::link::Netlink;
 use crate::plan::host_veth_name;
 use crate::{Error, Result};
@@ -33,6 +34,8 @@ pub struct GcReport {
     pub debris: Vec<String>,
     /// Hook sandboxes whose process is gone: pin and record removed.
     pub sandboxes: Vec<String>,
+    /// Firewall tables removed (the network has no pod left on the node).
+    pub tables: Vec<String>,
 }
 
 impl GcReport {
@@ -41,6 +44,7 @@ impl GcReport {
             && self.links.is_empty()
             && self.debris.is_empty()
             && self.sandboxes.is_empty()
+            && self.tables.is_empty()
     }
 }
 
@@ -65,6 +69,9 @@ impl fmt::Display for GcReport {
         }
         for s in &self.sandboxes {
             write!(f, "; sandbox {s}")?;
+        }
+        for t in &self.tables {
+            write!(f, "; table inet {t}")?;
         }
         Ok(())
     }
@@ -155,6 +162,27 @@ pub fn gc(net: &Network, valid: &BTreeSet<(String, String)>) -> Result<GcReport>
         }
         if let Some(l) = AttachmentLock::lock(&net.data_dir, &net.name, &name, false)? {
             l.remove();
+        }
+    }
+    // No pod of the network left on the node: its masquerade goes too (and the iptables
+    // rules of versions before the nftables table, if any are left).
+    let mut k = crate::kernel::Real::open()?;
+    match crate::apply::remove_policy_if_unused(&mut k, net) {
+        Ok(removed) => {
+            if removed {
+                report.tables.push(crate::masq::table_name(&net.name));
+            }
+            if !k.links()?.iter().any(|l| is_ours(l, &net.name)) {
+                let p = crate::masq::Policy::of(net);
+                if let Err(e) = crate::masq::remove_legacy(&net.name, &p.subnets) {
+                    eprintln!("runtime-shim: GC: {}", crate::chain(&e));
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("runtime-shim: GC: {}", crate::chain(&e));
+            first_err.get_or_insert(e);
         }
     }
     match first_err {

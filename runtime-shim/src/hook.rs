@@ -419,7 +419,7 @@ fn setup(
         }
         r => r.map_err(|e| undo(e.into()))?,
     };
-    let res = crate::setup(net, pinned.path(), id, &ifname).map_err(&undo)?;
+    let res = crate::setup(net, pinned.path(), id, &ifname, &Default::default()).map_err(&undo)?;
     rec.result = Some(res.clone());
     // The attachment works without the result in the record; only prestart's shortcut
     // and `join`'s display use it.

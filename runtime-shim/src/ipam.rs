@@ -340,7 +340,7 @@ impl Store {
     /// most one reservation per (id, ifname) per range set. On error nothing new stays
     /// reserved.
     pub fn allocate(&self, net: &Network, id: &str, ifname: &str) -> Result<Vec<Allocation>> {
-        self.allocate_noted(net, id, ifname, None)
+        self.allocate_noted(net, id, ifname, None, &[])
     }
 
     /// Does the record of `ip` belong to (id, ifname)?
@@ -375,13 +375,17 @@ impl Store {
 
     /// [`Store::allocate`], noting every address in the attachment's lock file before its
     /// record is linked, so a retried ADD and DEL find them without scanning the store.
+    /// A range set with a `requested` address gets exactly that address, or an error if
+    /// another attachment holds it.
     pub fn allocate_noted(
         &self,
         net: &Network,
         id: &str,
         ifname: &str,
         lock: Option<&AttachmentLock>,
+        requested: &[(String, IpAddr)],
     ) -> Result<Vec<Allocation>> {
+        let wanted = net.place_requested(requested)?;
         // A new attachment has an empty note: nothing to look for (an attachment made by
         // a version without notes may then hold a second address until GC).
         let held = match lock.map(AttachmentLock::noted) {
@@ -400,6 +404,48 @@ impl Store {
         let mut got: Vec<Allocation> = Vec::new();
         let mut fresh: Vec<IpAddr> = Vec::new();
         for (set, ranges) in net.range_sets.iter().enumerate() {
+            if let Some(ip) = wanted[set] {
+                let Some(range) = ranges.iter().find(|r| r.contains(ip)) else {
+                    continue; // place_requested put it in this set: unreachable
+                };
+                let a = Allocation {
+                    ip,
+                    range: range.clone(),
+                    set,
+                };
+                if held.contains(&ip) {
+                    got.push(a);
+                    continue;
+                }
+                let r = note(ip).and_then(|()| self.reserve(ip, id, ifname));
+                match r {
+                    Ok(true) => {
+                        fresh.push(ip);
+                        got.push(a);
+                        continue;
+                    }
+                    Ok(false) if self.holds(ip, id, ifname) => {
+                        got.push(a);
+                        continue;
+                    }
+                    other => {
+                        for ip in &fresh {
+                            let _ = fs::remove_file(self.record_path(*ip));
+                        }
+                        other?;
+                        let field = requested
+                            .iter()
+                            .find(|(_, x)| *x == ip)
+                            .map(|(f, _)| f.clone())
+                            .unwrap_or_default();
+                        return Err(Error::AddressInUse {
+                            field,
+                            ip,
+                            network: net.name.clone(),
+                        });
+                    }
+                }
+            }
             let reuse = held.iter().find_map(|ip| {
                 ranges
                     .iter()

@@ -9,7 +9,9 @@ use ipnet::IpNet;
 use netns::NetNs;
 
 use crate::link::{Link, Netlink};
-use crate::plan::Plan;
+use crate::masq::Policy;
+use crate::nft::Nft;
+use crate::plan::{Plan, PlannedRoute};
 use crate::{Error, Result, masq};
 
 /// What a veth creation asks for.
@@ -26,43 +28,58 @@ pub struct VethSpec {
 pub trait Kernel {
     fn link(&mut self, name: &str) -> Result<Option<Link>>;
     fn links(&mut self) -> Result<Vec<Link>>;
-    /// Ok(false): a link of that name already exists.
+    /// Ok(false): a link of that name already exists. The bridge is made in
+    /// [`masq::BRIDGE_GROUP`].
     fn create_bridge(&mut self, name: &str, mtu: Option<u32>, mac: [u8; 6]) -> Result<bool>;
     fn set_up(&mut self, index: u32) -> Result<()>;
     fn set_down(&mut self, index: u32) -> Result<()>;
-    fn set_alias(&mut self, index: u32, alias: &str) -> Result<()>;
+    fn set_group(&mut self, index: u32, group: u32) -> Result<()>;
     /// Ok(false): the address was already there.
     fn add_address(&mut self, index: u32, addr: IpNet) -> Result<bool>;
     fn del_address(&mut self, index: u32, addr: IpNet) -> Result<bool>;
     fn delete_link(&mut self, index: u32) -> Result<bool>;
     fn create_veth(&mut self, v: &VethSpec, pod: &NetNs) -> Result<Link>;
     fn bring_up_port(&mut self, index: u32, hairpin: bool) -> Result<()>;
-    /// Inside the pod: lo up, addresses and routes on the pod interface.
-    fn configure_pod(&mut self, pod: &NetNs, p: &Plan) -> Result<Link>;
+    /// Inside the pod: lo up, addresses and routes on the pod interface. A default route
+    /// is skipped when the pod has one of that family already (another network's: the
+    /// first wins). Returns the link and the routes installed.
+    fn configure_pod(&mut self, pod: &NetNs, p: &Plan) -> Result<(Link, Vec<PlannedRoute>)>;
     /// Inside the pod: delete `ifname` only if it carries `mac` (podwire's marker).
     fn delete_pod_link(&mut self, pod: &NetNs, ifname: &str, mac: [u8; 6]) -> Result<bool>;
     fn read_sysctl(&mut self, path: &str) -> Result<String>;
     fn write_sysctl(&mut self, path: &str, value: &str) -> Result<()>;
-    /// Ok(true): this call added the rule.
-    fn masq_ensure(&mut self, network: &str, subnet: &IpNet) -> Result<bool>;
-    fn masq_remove(&mut self, network: &str, subnet: &IpNet) -> Result<usize>;
+    /// Make the network's firewall table match `p`; Ok(true) if this call changed it.
+    fn policy_heal(&mut self, p: &Policy) -> Result<bool>;
+    /// Remove the network's firewall table; Ok(true) if there was one.
+    fn policy_remove(&mut self, network: &str) -> Result<bool>;
 }
 
 /// The real kernel: a netlink socket in the calling thread's namespace.
 pub struct Real {
     pub nl: Netlink,
+    nft: Option<Nft>,
 }
 
 impl Real {
     pub fn open() -> Result<Real> {
         Ok(Real {
             nl: Netlink::open()?,
+            nft: None,
         })
+    }
+
+    /// The nf_tables socket, opened on first use (most DELs never need it).
+    fn nft(&mut self) -> Result<&mut Nft> {
+        match &mut self.nft {
+            Some(n) => Ok(n),
+            slot => Ok(slot.insert(Nft::open()?)),
+        }
     }
 }
 
-/// Inside the pod: lo up, addresses on the pod interface, routes. Returns its link.
-fn configure_pod_here(p: &Plan) -> Result<Link> {
+/// Inside the pod: lo up, addresses on the pod interface, routes. Returns its link and
+/// the routes installed.
+fn configure_pod_here(p: &Plan) -> Result<(Link, Vec<PlannedRoute>)> {
     let mut nl = Netlink::open()?;
     if let Some(lo) = nl.link_by_name("lo")? {
         if !lo.up {
@@ -87,10 +104,26 @@ fn configure_pod_here(p: &Plan) -> Result<Link> {
     if !eth.up {
         nl.set_link(eth.index, true, None)?;
     }
+    // First wins: a pod on two networks keeps the default route of the first.
+    let default = |r: &PlannedRoute| r.dst.prefix_len() == 0;
+    let defaults: Vec<bool> = if p.pod_routes.iter().any(default) {
+        nl.routes()?
+            .iter()
+            .filter(|r| r.dst.prefix_len() == 0)
+            .map(|r| r.dst.addr().is_ipv4())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut installed = Vec::new();
     for r in &p.pod_routes {
+        if default(r) && defaults.contains(&r.dst.addr().is_ipv4()) {
+            continue;
+        }
         nl.add_route(r.dst, r.gw, eth.index)?;
+        installed.push(r.clone());
     }
-    Ok(eth)
+    Ok((eth, installed))
 }
 
 impl Kernel for Real {
@@ -109,8 +142,8 @@ impl Kernel for Real {
     fn set_down(&mut self, index: u32) -> Result<()> {
         self.nl.set_down(index)
     }
-    fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
-        self.nl.set_link(index, false, Some(alias))
+    fn set_group(&mut self, index: u32, group: u32) -> Result<()> {
+        self.nl.set_group(index, group)
     }
     fn add_address(&mut self, index: u32, addr: IpNet) -> Result<bool> {
         self.nl.add_address(index, addr)
@@ -135,7 +168,7 @@ impl Kernel for Real {
     fn bring_up_port(&mut self, index: u32, hairpin: bool) -> Result<()> {
         self.nl.bring_up_port(index, hairpin)
     }
-    fn configure_pod(&mut self, pod: &NetNs, p: &Plan) -> Result<Link> {
+    fn configure_pod(&mut self, pod: &NetNs, p: &Plan) -> Result<(Link, Vec<PlannedRoute>)> {
         netns::run_in(pod, || configure_pod_here(p))?
     }
     fn delete_pod_link(&mut self, pod: &NetNs, ifname: &str, mac: [u8; 6]) -> Result<bool> {
@@ -161,11 +194,11 @@ impl Kernel for Real {
     fn write_sysctl(&mut self, path: &str, value: &str) -> Result<()> {
         fs::write(path, value).map_err(|e| Error::io("write sysctl", path, e))
     }
-    fn masq_ensure(&mut self, network: &str, subnet: &IpNet) -> Result<bool> {
-        masq::ensure(network, subnet)
+    fn policy_heal(&mut self, p: &Policy) -> Result<bool> {
+        masq::heal(self.nft()?, p)
     }
-    fn masq_remove(&mut self, network: &str, subnet: &IpNet) -> Result<usize> {
-        masq::remove(network, subnet)
+    fn policy_remove(&mut self, network: &str) -> Result<bool> {
+        masq::remove(self.nft()?, network)
     }
 }
 

@@ -20,6 +20,7 @@ pub mod join;
 pub mod kernel;
 pub mod link;
 pub mod masq;
+pub mod nft;
 pub mod oci;
 pub mod plan;
 pub mod result;
@@ -73,6 +74,16 @@ pub enum Error {
     },
     #[error("IPAM: no free address left in {range} for network {network:?}")]
     Exhausted { network: String, range: String },
+    /// A requested (static) address is held by another attachment.
+    #[error("{field}: address {ip} is already in use in network {network:?}")]
+    AddressInUse {
+        field: String,
+        ip: std::net::IpAddr,
+        network: String,
+    },
+    /// An object of podwire's name that podwire did not make: never changed.
+    #[error("{kind} {name} exists but was not made by podwire; leaving it alone")]
+    NotOurs { kind: &'static str, name: String },
     #[error(
         "container {id} interface {ifname} is already set up (host veth {veth} exists); \
          tear it down first"
@@ -211,8 +222,11 @@ pub enum Mismatch {
         dst: ipnet::IpNet,
         via: Option<std::net::IpAddr>,
     },
-    #[error("masquerade rule for {0} is missing")]
-    MasqueradeMissing(ipnet::IpNet),
+    #[error(
+        "nftables table inet {0} (masquerade, isolation) is missing or differs from the \
+         network's config"
+    )]
+    PolicyMissing(String),
     #[error("address {ip} held for {id}/{ifname} is not in prevResult")]
     NotInPrevResult {
         ip: std::net::IpAddr,

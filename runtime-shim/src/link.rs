@@ -36,6 +36,8 @@ pub struct Link {
     pub alias: Option<String>,
     /// The link's kind ("bridge", "veth", ...); None for plain devices (lo, most NICs).
     pub kind: Option<String>,
+    /// Its device group (`ip link set group`); podwire's bridges are in `masq::BRIDGE_GROUP`.
+    pub group: u32,
 }
 
 /// A route in the main table.
@@ -80,6 +82,10 @@ pub enum NlOp {
     ListRoutes,
     /// A link looked up right after it was created was not there.
     FindNewLink,
+    NftGetTable,
+    NftListRules,
+    NftApply,
+    NftDeleteTable,
 }
 
 impl std::fmt::Display for NlOp {
@@ -103,6 +109,10 @@ impl std::fmt::Display for NlOp {
             NlOp::DeleteRoute => "delete route",
             NlOp::ListRoutes => "list routes",
             NlOp::FindNewLink => "find the link just created",
+            NlOp::NftGetTable => "get nftables table inet",
+            NlOp::NftListRules => "list nftables rules of",
+            NlOp::NftApply => "apply nftables table inet",
+            NlOp::NftDeleteTable => "delete nftables table inet",
         })
     }
 }
@@ -216,6 +226,7 @@ impl Netlink {
             up: m.header.flags.contains(LinkFlags::Up),
             alias: None,
             kind: None,
+            group: 0,
         };
         for a in &m.attributes {
             match a {
@@ -224,6 +235,7 @@ impl Netlink {
                 LinkAttribute::Mtu(m) => l.mtu = Some(*m),
                 LinkAttribute::Controller(c) => l.controller = Some(*c),
                 LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
+                LinkAttribute::Group(g) => l.group = *g,
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {
@@ -274,6 +286,8 @@ impl Netlink {
         m.header.change_mask = LinkFlags::Up;
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
         m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        m.attributes
+            .push(LinkAttribute::Group(crate::masq::BRIDGE_GROUP));
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
@@ -305,6 +319,16 @@ impl Netlink {
     }
 
     /// Set a link down by index.
+    /// Put a link in device group `group`.
+    pub fn set_group(&mut self, index: u32, group: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Group(group));
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+            .map(|_| ())
+            .map_err(|e| nl_err(NlOp::SetLink, index, e))
+    }
+
     pub fn set_down(&mut self, index: u32) -> Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;

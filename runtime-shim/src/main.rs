@@ -40,6 +40,18 @@ struct PodArgs {
 }
 
 #[derive(Args)]
+struct SetupArgs {
+    #[command(flatten)]
+    pod: PodArgs,
+    /// A static address for the pod (one per range set; repeat for dual-stack).
+    #[arg(long = "ip")]
+    ips: Vec<String>,
+    /// The pod interface's MAC address.
+    #[arg(long)]
+    mac: Option<String>,
+}
+
+#[derive(Args)]
 struct TeardownArgs {
     /// The pod's network namespace, if it still exists (not needed).
     #[arg(long)]
@@ -55,10 +67,10 @@ struct TeardownArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Wire a pod: bridge, veth, address, routes, masquerade. Prints the CNI result JSON.
-    Setup(PodArgs),
+    Setup(SetupArgs),
     /// Unwire a pod by container id (idempotent; the namespace may be gone).
     Teardown(TeardownArgs),
-    /// Verify the pod's interface, addresses, routes and masquerade rule.
+    /// Verify the pod's interface, addresses, routes and the network's firewall table.
     Check(PodArgs),
     /// OCI hook (createRuntime/prestart: wire the sandbox; poststop: tear it down).
     /// Reads the container state JSON on stdin.
@@ -120,7 +132,8 @@ enum Cmd {
         #[arg(long)]
         apply: bool,
     },
-    /// Remove the network's masquerade rules (pod teardown never does).
+    /// Remove the network's masquerade and isolation table (and the iptables rules of
+    /// versions before it); the next pod setup puts it back.
     Unmasq {
         #[arg(long)]
         config: PathBuf,
@@ -148,10 +161,17 @@ const MAX_STDIN_BYTES: u64 = 64 << 20;
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Setup(a) => {
+        Cmd::Setup(SetupArgs { pod: a, ips, mac }) => {
             let net = read_config(&a.config)?;
+            let mut req = config::Requested::default();
+            for ip in &ips {
+                req.ips
+                    .push(("--ip".into(), config::parse_requested_ip("--ip", ip)?));
+            }
+            req.mac = mac.map(|m| config::parse_mac("--mac", &m)).transpose()?;
+            net.place_requested(&req.ips)?;
             runtime_shim::check_capabilities()?;
-            let r = runtime_shim::setup(&net, &a.netns, &a.id, &a.ifname)?;
+            let r = runtime_shim::setup(&net, &a.netns, &a.id, &a.ifname, &req)?;
             println!("{}", serde_json::to_string(&r).unwrap_or_default());
         }
         Cmd::Teardown(a) => {
@@ -162,14 +182,14 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Check(a) => {
             let net = read_config(&a.config)?;
             runtime_shim::check_capabilities()?;
-            runtime_shim::check(&net, &a.netns, &a.id, &a.ifname)?;
+            runtime_shim::check(&net, &a.netns, &a.id, &a.ifname, None)?;
         }
         Cmd::Unmasq { config } => {
             let net = read_config(&config)?;
             runtime_shim::check_capabilities()?;
-            for s in net.range_sets.iter().flatten() {
-                runtime_shim::masq::remove(&net.name, &s.subnet)?;
-            }
+            let policy = runtime_shim::masq::Policy::of(&net);
+            runtime_shim::masq::remove(&mut runtime_shim::nft::Nft::open()?, &net.name)?;
+            runtime_shim::masq::remove_legacy(&net.name, &policy.subnets)?;
         }
         Cmd::Hook {
             config,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub use netns::NetNs;
 
 pub mod containerd;
+pub mod http;
 pub mod oci;
 pub mod podman;
 
@@ -336,6 +337,28 @@ impl Network {
     /// runtime-shim's host veths in the node.
     pub fn host_veths(&self) -> Vec<String> {
         podwire_veths(&self.node.node)
+    }
+
+    /// The network's nftables table (masquerade, isolation) as `nft` lists it, if any.
+    pub fn nft_table(&self) -> Option<String> {
+        let table = format!("podwire-{}", self.name);
+        let o = self
+            .node
+            .node
+            .run("nft", &["list", "table", "inet", &table]);
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).to_string())
+    }
+
+    /// Masquerade rules of one family in the network's table.
+    pub fn masq_rules(&self, v4: bool) -> usize {
+        let family = if v4 { "ip saddr" } else { "ip6 saddr" };
+        self.nft_table()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.trim_start().starts_with(family) && l.contains("masquerade"))
+            .count()
     }
 }
 

@@ -575,14 +575,19 @@ fn executed_tools_come_from_system_dirs_with_two_capabilities() {
     .unwrap();
     run("chmod", &["0755", wrapper.to_str().unwrap()]);
     let p = n.node.add_pod("p");
+    // Setup execs nothing (masquerade is netlink); `unmasq` runs iptables to remove
+    // the rules of versions before the nftables table.
     let script = format!(
-        "mount --bind {w} {t} && cd {cwd} && PATH={tools}:/usr/sbin:/usr/bin:/sbin:/bin \
-         {setup}",
+        "mount --bind {w} {t} && cd {cwd} && export PATH={tools}:/usr/sbin:/usr/bin:/sbin:/bin \
+         && {setup} && nsenter --net={node} -- {shim} unmasq --config {config}",
         w = wrapper.display(),
         t = target.display(),
         cwd = n.dir.path().display(),
         tools = tools.display(),
         setup = setup_line(&n, n.node.pod(p), "caps1"),
+        node = n.node.node.path().display(),
+        shim = bin("runtime-shim").display(),
+        config = n.config.display(),
     );
     let o = in_private_mounts(&script);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -724,6 +729,13 @@ fn soak_four_workers_three_hundred_random_operations_two_networks_one_bridge() {
     let b_conf = second_network(&a, &shared, &b_name, "10.89.2.0/26");
     let confs = [a.config.clone(), b_conf.clone()];
     let names = [a.name.clone(), b_name.clone()];
+    // Both masquerade: every ADD heals its network's table while DELs of last pods and
+    // GCs remove it.
+    for c in &confs {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(c).unwrap()).unwrap();
+        v["ipMasq"] = true.into();
+        std::fs::write(c, v.to_string()).unwrap();
+    }
     let node_routes = || -> Vec<String> {
         node.ok("ip", &["route", "show"])
             .lines()
@@ -926,6 +938,8 @@ fn soak_four_workers_three_hundred_random_operations_two_networks_one_bridge() {
     assert_eq!(node_routes(), routes0, "node routes");
     assert_eq!(node_links(), links0, "node links");
     assert_eq!(sysctls(), sysctl0, "sysctls");
+    let ruleset = node.ok("nft", &["list", "ruleset"]);
+    assert!(ruleset.trim().is_empty(), "tables left: {ruleset}");
     eprintln!("soak: {:?}", counts.into_inner().unwrap());
 }
 

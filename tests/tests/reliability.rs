@@ -97,11 +97,12 @@ fn five_hundred_setups_and_teardowns_from_four_interleaved_workers() {
         "leaked reservations: {:?}",
         n.records()
     );
-    let masq = n
-        .node
-        .node
-        .ok("iptables", &["-t", "nat", "-S", "POSTROUTING"]);
-    assert_eq!(masq.matches("podwire masq").count(), 1, "{masq}");
+    // ADDs healing the network's table raced DELs of the last pod: it went with the last.
+    assert_eq!(
+        n.nft_table(),
+        None,
+        "the last teardown takes the network's table"
+    );
 }
 
 #[test]

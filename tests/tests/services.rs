@@ -4,8 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // test code
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
+
+use podwire_testkit::http::{in_ns, serve};
 use std::time::{Duration, Instant};
 
 use podwire_testkit::*;
@@ -13,59 +14,9 @@ use podwire_testkit::*;
 const VIP: &str = "10.96.0.10";
 const EMPTY_VIP: &str = "10.96.0.11";
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn in_ns(ns: &Ns, cmd: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", ns.path().display()))
-        .arg("--")
-        .arg(cmd)
-        .args(args);
-    c
-}
-
-/// An HTTP server in `pod` answering with `name` on port 80.
-fn serve(pod: &Ns, dir: &Path, name: &str) -> Kill {
-    let www = dir.join(name);
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), format!("{name}\n")).unwrap();
-    let child = in_ns(
-        pod,
-        "busybox",
-        &["httpd", "-f", "-p", "80", "-h", www.to_str().unwrap()],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    Kill(child)
-}
-
-/// One HTTP GET with busybox nc (busybox wget may need NSS); the body's last line.
+/// One HTTP GET of `/` from `from`.
 fn get(from: &Ns, ip: &str, port: u16) -> Option<String> {
-    let out = in_ns(
-        from,
-        "sh",
-        &[
-            "-c",
-            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 5 {ip} {port}"),
-        ],
-    )
-    .stdin(Stdio::null())
-    .output()
-    .unwrap();
-    let body = String::from_utf8_lossy(&out.stdout).to_string();
-    body.lines()
-        .last()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
+    http::get(from, ip, port, "/")
 }
 
 fn services_json(backends: &[(&str, String)]) -> String {

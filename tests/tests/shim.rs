@@ -38,7 +38,6 @@ trait ShimNet {
     fn try_setup(&self, netns: &Path, id: &str) -> Output;
     /// A setup that must succeed; its result.
     fn setup_pod(&self, pod: &Ns, id: &str) -> serde_json::Value;
-    fn masq_rules(&self, tool: &str) -> usize;
 }
 
 impl ShimNet for Net {
@@ -59,15 +58,6 @@ impl ShimNet for Net {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn masq_rules(&self, tool: &str) -> usize {
-        self.node
-            .node
-            .ok(tool, &["-t", "nat", "-S", "POSTROUTING"])
-            .lines()
-            .filter(|l| l.contains("MASQUERADE") && l.contains("podwire masq"))
-            .count()
     }
 }
 
@@ -149,8 +139,8 @@ fn two_pods_reach_each_other_and_the_gateway_dual_stack() {
             .trim(),
         "1"
     );
-    assert_eq!(n.masq_rules("iptables"), 1);
-    assert_eq!(n.masq_rules("ip6tables"), 1);
+    assert_eq!(n.masq_rules(true), 1);
+    assert_eq!(n.masq_rules(false), 1);
     // check passes.
     let c = raw(
         &n,
@@ -170,24 +160,14 @@ fn two_pods_reach_each_other_and_the_gateway_dual_stack() {
     }
     assert!(n.host_veths().is_empty());
     assert!(n.records().is_empty());
-    // Masquerade is per network: pod teardown leaves it; unmasq removes it.
-    assert_eq!(n.masq_rules("iptables"), 1);
-    assert!(
-        raw(&n, &["unmasq", "--config", n.config.to_str().unwrap()])
-            .status
-            .success()
-    );
-    assert_eq!(n.masq_rules("iptables") + n.masq_rules("ip6tables"), 0);
+    // Masquerade is per network: it goes with the network's last pod.
+    assert_eq!(n.nft_table(), None);
 }
 
-#[test]
-fn masquerade_lets_pods_reach_a_host_beyond_the_node() {
-    // An "outside" host of our own (a namespace on a TEST-NET-2 link from the node) that
-    // has no route back to the pod subnet: a pod reaches it only if the node masquerades.
-    let mut n = standard("masq");
-    let p = n.node.add_pod("p");
+/// An "outside" host of our own: a namespace on a TEST-NET-2 link from the node
+/// (198.51.100.1 on the node, .2 outside), with no route back to any pod subnet.
+fn outside(node: &Ns) -> Ns {
     let ext = Ns::new("ext");
-    let node = &n.node.node;
     ok(
         "ip",
         &[
@@ -199,28 +179,177 @@ fn masquerade_lets_pods_reach_a_host_beyond_the_node() {
     node.ok("ip", &["link", "set", "pwext0", "up"]);
     ext.ok("ip", &["addr", "add", "198.51.100.2/24", "dev", "pwext1"]);
     ext.ok("ip", &["link", "set", "pwext1", "up"]);
+    ext
+}
+
+#[test]
+fn masquerade_lets_pods_reach_a_host_beyond_the_node_and_heals_on_the_next_add() {
+    require_tool("conntrack");
+    // The outside host has no route back to the pod subnet: a pod reaches it only if
+    // the node masquerades.
+    let mut n = standard("masq");
+    let p = n.node.add_pod("p");
+    let ext = outside(&n.node.node);
     n.setup_pod(n.node.pod(p), "p1");
     assert!(
         ping(n.node.pod(p), "198.51.100.2"),
         "masqueraded traffic gets an answer"
     );
-    // Negative control: without the rule the outside host cannot answer.
-    assert!(
-        raw(&n, &["unmasq", "--config", n.config.to_str().unwrap()])
-            .status
-            .success()
-    );
-    node.ok(
-        "sh",
+    let config = n.config.to_str().unwrap().to_string();
+    let breakers: [(&str, Vec<&str>); 2] = [
+        ("unmasq", vec!["unmasq"]),
+        ("nft flush ruleset", vec!["nft", "flush", "ruleset"]),
+    ];
+    for (k, (what, argv)) in breakers.iter().enumerate() {
+        if argv[0] == "unmasq" {
+            assert!(raw(&n, &["unmasq", "--config", &config]).status.success());
+        } else {
+            n.node.node.ok(argv[0], &argv[1..]);
+        }
+        // Forget the NAT bindings of earlier pings, so the next one meets the rules.
+        n.node.node.ok("conntrack", &["-F"]);
+        assert!(
+            !ping(n.node.pod(p), "198.51.100.2"),
+            "after {what}: no masquerade, no reply"
+        );
+        // Any later ADD of the network puts the masquerade back for every pod.
+        let q = n.node.add_pod(&format!("q{k}"));
+        n.setup_pod(n.node.pod(q), &format!("q{k}"));
+        assert!(
+            ping(n.node.pod(p), "198.51.100.2"),
+            "after {what} and one more ADD: masqueraded again"
+        );
+    }
+    drop(ext);
+}
+
+#[test]
+fn non_masquerade_cidrs_keep_the_pod_address_across_nodes() {
+    require_tool("busybox");
+    // Two nodes on one link (10.0.0.1, 10.0.0.2), pod subnets 10.244.1.0/24 and
+    // 10.244.2.0/24 routed between them, ipMasq on with the cluster range exempt.
+    let conf = |i: u8| {
+        serde_json::json!({
+            "bridge": "pwbr0", "isDefaultGateway": true, "ipMasq": true,
+            "nonMasqueradeCIDRs": ["10.244.0.0/16"],
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.244.{i}.0/24")}]]}
+        })
+    };
+    let mut n1 = Network::new("nm1", conf(1));
+    let mut n2 = Network::new("nm2", conf(2));
+    let c = n1.node.add_pod("client");
+    let s = n2.node.add_pod("server");
+    let (a, b) = (&n1.node.node, &n2.node.node);
+    ok(
+        "ip",
         &[
-            "-c",
-            "command -v conntrack >/dev/null && conntrack -F || true",
+            "link", "add", "pwnode0", "netns", &a.name, "type", "veth", "peer", "name", "pwnode0",
+            "netns", &b.name,
         ],
     );
-    assert!(
-        !ping(n.node.pod(p), "198.51.100.2"),
-        "no masquerade, no reply"
+    for (node, me, peer, i) in [
+        (a, "10.0.0.1", "10.244.2.0/24", "10.0.0.2"),
+        (b, "10.0.0.2", "10.244.1.0/24", "10.0.0.1"),
+    ] {
+        node.ok(
+            "ip",
+            &["addr", "add", &format!("{me}/24"), "dev", "pwnode0"],
+        );
+        node.ok("ip", &["link", "set", "pwnode0", "up"]);
+        node.ok("ip", &["route", "add", peer, "via", i]);
+    }
+    let rc = n1.setup_pod(n1.node.pod(c), "client");
+    let rs = n2.setup_pod(n2.node.pod(s), "server");
+    let (client_ip, server_ip) = (ip_of(&rc, 0), ip_of(&rs, 0));
+    let _srv = http::serve_whoami(n2.node.pod(s), n2.dir.path(), 8080);
+    assert_eq!(
+        http::whoami(n1.node.pod(c), &server_ip, 8080),
+        client_ip,
+        "a pod on node 2 sees the client pod's own address"
     );
+    // A destination outside the list (node 2's own address) sees node 1's.
+    let _node_srv = http::serve_whoami(b, &n2.dir.path().join("node"), 8081);
+    assert_eq!(http::whoami(n1.node.pod(c), "10.0.0.2", 8081), "10.0.0.1");
+}
+
+#[test]
+fn isolated_networks_reach_no_pod_of_another_network() {
+    require_tool("busybox");
+    // Three networks on one node, each on its own bridge: A isolated, B and C not.
+    let mk = |br: &str, subnet: &str, isolate: bool| {
+        serde_json::json!({
+            "bridge": br, "isDefaultGateway": true, "isolate": isolate,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}
+        })
+    };
+    let mut a = Network::new("isoa", mk("pwbra", "10.91.1.0/24", true));
+    let pods: Vec<usize> = ["a1", "a2", "b1", "c1"]
+        .iter()
+        .map(|t| a.node.add_pod(t))
+        .collect();
+    let node = &a.node.node;
+    let dir = a.dir.path().to_path_buf();
+    let other = |name: &str, mut v: serde_json::Value| {
+        v["name"] = name.into();
+        v["cniVersion"] = "1.0.0".into();
+        v["type"] = "runtime-shim".into();
+        v["ipam"]["dataDir"] = dir.join("ipam").display().to_string().into();
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, v.to_string()).unwrap();
+        path
+    };
+    let cb = other("pwisob", mk("pwbrb", "10.91.2.0/24", false));
+    let cc = other("pwisoc", mk("pwbrc", "10.91.3.0/24", false));
+    let a1 = a.setup_pod(a.node.pod(pods[0]), "a1");
+    let a2 = a.setup_pod(a.node.pod(pods[1]), "a2");
+    let setup_other = |cfg: &Path, pod: &Ns, id: &str| -> serde_json::Value {
+        let o = shim_in(node)
+            .args([
+                "setup",
+                "--netns",
+                pod.path().to_str().unwrap(),
+                "--id",
+                id,
+                "--config",
+            ])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let b1 = setup_other(&cb, a.node.pod(pods[2]), "b1");
+    let c1 = setup_other(&cc, a.node.pod(pods[3]), "c1");
+    let (ip_a1, ip_a2, ip_b1, ip_c1) = (ip_of(&a1, 0), ip_of(&a2, 0), ip_of(&b1, 0), ip_of(&c1, 0));
+    let pod = |i: usize| a.node.pod(pods[i]);
+    assert!(
+        ping(pod(0), &ip_a2),
+        "pods of the isolated network reach each other"
+    );
+    assert!(ping(pod(0), "10.91.1.1"), "and their gateway");
+    assert!(
+        ping(pod(2), &ip_c1),
+        "control: B and C (not isolated) reach each other"
+    );
+    assert!(!ping(pod(0), &ip_b1), "A -> B dropped");
+    assert!(!ping(pod(0), &ip_c1), "A -> C dropped");
+    assert!(!ping(pod(2), &ip_a1), "B -> A dropped");
+    assert!(!ping(pod(3), &ip_a2), "C -> A dropped");
+    // Every podwire bridge carries the group isolation knows them by.
+    for br in ["pwbra", "pwbrb", "pwbrc"] {
+        let l = node.ok("ip", &["-d", "link", "show", br]);
+        assert!(
+            l.contains("group 28791") || l.contains("group 0x7077"),
+            "{l}"
+        );
+    }
+    // Pods of the isolated network still reach beyond the node.
+    let ext = outside(node);
+    ext.ok(
+        "ip",
+        &["route", "add", "10.91.0.0/16", "via", "198.51.100.1"],
+    );
+    assert!(ping(pod(0), "198.51.100.2"), "isolated, not cut off");
 }
 
 #[test]
@@ -256,11 +385,7 @@ fn hundred_setups_from_two_concurrent_workers() {
     assert_eq!(ips.len(), 100, "no address handed out twice");
     assert_eq!(n.records().len(), 100);
     assert_eq!(n.host_veths().len(), 100);
-    assert_eq!(
-        n.masq_rules("iptables"),
-        1,
-        "one rule per network, not per pod"
-    );
+    assert_eq!(n.masq_rules(true), 1, "one rule per network, not per pod");
     // Spot-check traffic between the first and last pods.
     assert!(ping(
         n.node.pod(pods[0]),
@@ -457,7 +582,7 @@ fn bad_input_is_rejected_before_anything_changes() {
     // Nothing changed: no bridge, no veth, no IPAM state, no rule.
     assert_eq!(n.node.node.links(), ["lo"]);
     assert!(n.records().is_empty());
-    assert_eq!(n.masq_rules("iptables"), 0);
+    assert_eq!(n.nft_table(), None);
     assert_eq!(n.node.pod(p).links(), ["lo"]);
 }
 
@@ -501,14 +626,14 @@ fn library_setup_from_threads_via_run_in() {
     let before = NetNs::current().unwrap();
     let path = n.node.pod(p).path();
     let r = netns::run_in(&n.node.node.ns, || {
-        runtime_shim::setup(&net, &path, "lib1", "eth0")
+        runtime_shim::setup(&net, &path, "lib1", "eth0", &Default::default())
     })
     .unwrap()
     .unwrap();
     assert_eq!(NetNs::current().unwrap(), before);
     assert_eq!(r.ips.len(), 1);
     netns::run_in(&n.node.node.ns, || {
-        runtime_shim::check(&net, &path, "lib1", "eth0")
+        runtime_shim::check(&net, &path, "lib1", "eth0", None)
     })
     .unwrap()
     .unwrap();
