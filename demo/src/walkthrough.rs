@@ -225,6 +225,8 @@ impl Cluster {
         let conf = json!({
             "cniVersion": "1.0.0", "name": "pods", "type": "runtime-shim", "bridge": "cni0",
             "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
+            // Masquerade what leaves the cluster, never pod-to-pod traffic.
+            "ipMasq": true, "nonMasqueradeCIDRs": [CLUSTER_CIDR],
             "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
                      "dataDir": dir.join("ipam")}
         });
@@ -265,6 +267,7 @@ impl Cluster {
         let www = dir.join("www");
         fs::create_dir_all(&www).map_err(|e| e.to_string())?;
         fs::write(www.join("index.html"), format!("{name}\n")).map_err(|e| e.to_string())?;
+        podwire_testkit::http::install_whoami(&www).map_err(|e| e.to_string())?;
         let n = &self.nodes[node];
         let sb = dir.join("sandbox");
         let mut spec = n.runc.bundle(&sb, &self.rootfs, &["/pause"], None);
@@ -374,9 +377,14 @@ impl Cluster {
 
     /// GET http://ip/ from a client pod, retrying briefly while a server starts.
     fn get_from(&self, client: &Pod, ip: &str) -> R<String> {
+        self.get_path_from(client, ip, "/")
+    }
+
+    /// GET http://ip`path` from a client pod.
+    fn get_path_from(&self, client: &Pod, ip: &str, path: &str) -> R<String> {
         let mut last = String::new();
         for _ in 0..30 {
-            let o = self.in_pod(client, "get", &oci::http_get_script(ip, 80))?;
+            let o = self.in_pod(client, "get", &oci::http_get_path_script(ip, 80, path))?;
             let body = String::from_utf8_lossy(&o.stdout);
             if let Some(b) = body.split("\r\n\r\n").nth(1) {
                 return Ok(b.trim().to_string());
@@ -993,6 +1001,25 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
         ),
         &body,
     );
+    // ipMasq is on, with the cluster range in nonMasqueradeCIDRs: a pod on node-2 sees
+    // the client pod's own address (the Kubernetes model), not node-1's.
+    let seen = podwire_testkit::http::client_addr(&c.get_path_from(
+        &client,
+        &far.ip,
+        "/cgi-bin/whoami",
+    )?);
+    c.out.cmd(
+        &format!(
+            "(pod client {} on node-1) GET http://{}/cgi-bin/whoami   # who does node-2's pod see?",
+            client.ip, far.ip
+        ),
+        &seen,
+    );
+    let table = ns_run(&node1, "nft", &["list", "table", "inet", "podwire-pods"])?;
+    c.out.cmd(
+        "(node-1) nft list table inet podwire-pods   # ipMasq, except towards 10.244.0.0/16",
+        &table,
+    );
     let log1 = c.sync_services(n1)?;
     let log2 = c.sync_services(n2)?;
     c.out.cmd(
@@ -1006,6 +1033,7 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
     );
     let backends = [&replicas[1], &fresh, &far];
     let ok6 = body == far.name
+        && seen == client.ip
         && shown.contains(&format!("{cidr2} via {NODE_NET}.2"))
         && r2["routes"][0]["dst"] == cidr1.as_str()
         && backends
@@ -1023,7 +1051,8 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
             "nodes": [{"name": "node-1", "pod_cidr": cidr1, "ip": format!("{NODE_NET}.1")},
                       {"name": "node-2", "pod_cidr": cidr2, "ip": format!("{NODE_NET}.2")}],
             "routes_node_1": r1["routes"], "routes_node_2": r2["routes"],
-            "cross_node_pod": {"name": far.name, "ip": far.ip, "answer": body},
+            "cross_node_pod": {"name": far.name, "ip": far.ip, "answer": body,
+                               "sees_client_as": seen},
             "tally": t
         }),
     )?;

@@ -59,20 +59,32 @@ pub fn serve(ns: &Ns, dir: &Path, name: &str) -> Server {
     httpd(ns, &www, 80)
 }
 
+/// A busybox httpd CGI script answering with the client address the server sees.
+pub const WHOAMI_CGI: &str =
+    "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n";
+
+/// Put [`WHOAMI_CGI`] at `www/cgi-bin/whoami`.
+pub fn install_whoami(www: &Path) -> std::io::Result<()> {
+    let cgi = www.join("cgi-bin");
+    std::fs::create_dir_all(&cgi)?;
+    let script = cgi.join("whoami");
+    std::fs::write(&script, WHOAMI_CGI)?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+}
+
+/// The address in a [`WHOAMI_CGI`] answer: busybox httpd listens on IPv6 and shows IPv4
+/// peers as "[::ffff:a.b.c.d]".
+pub fn client_addr(answer: &str) -> String {
+    let a = answer.trim().trim_matches(['[', ']']);
+    a.strip_prefix("::ffff:").unwrap_or(a).to_string()
+}
+
 /// An HTTP server in `ns` on `port` answering `/cgi-bin/whoami` with the client address
 /// it sees (files under `dir/whoami`).
 pub fn serve_whoami(ns: &Ns, dir: &Path, port: u16) -> Server {
-    let cgi = dir.join("whoami").join("cgi-bin");
-    std::fs::create_dir_all(&cgi).unwrap_or_else(|e| panic!("mkdir {}: {e}", cgi.display()));
-    let script = cgi.join("whoami");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n",
-    )
-    .unwrap_or_else(|e| panic!("write {}: {e}", script.display()));
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", script.display()));
-    httpd(ns, &dir.join("whoami"), port)
+    let www = dir.join("whoami");
+    install_whoami(&www).unwrap_or_else(|e| panic!("install whoami in {}: {e}", www.display()));
+    httpd(ns, &www, port)
 }
 
 /// One HTTP GET of `path` from inside `from`: the body's last line, None on no answer.
@@ -103,7 +115,5 @@ pub fn whoami(from: &Ns, ip: &str, port: u16) -> String {
         std::time::Duration::from_secs(20),
         || get(from, ip, port, "/cgi-bin/whoami"),
     );
-    // busybox httpd listens on IPv6 and shows IPv4 peers as "[::ffff:a.b.c.d]".
-    let seen = seen.trim_matches(['[', ']']);
-    seen.strip_prefix("::ffff:").unwrap_or(seen).to_string()
+    client_addr(&seen)
 }

@@ -222,7 +222,12 @@ pub fn shim_hooks(shim: &Path, config: &Path, state_dir: &Path, stages: &[&str])
 
 /// An HTTP GET with busybox nc; returns the body (after the blank line).
 pub fn http_get_script(host: &str, port: u16) -> String {
-    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}")
+    http_get_path_script(host, port, "/")
+}
+
+/// [`http_get_script`] of another path.
+pub fn http_get_path_script(host: &str, port: u16, path: &str) -> String {
+    format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}")
 }
 
 /// A tool's absolute path: `$PATH`, then the sbin dirs (runc is in /usr/sbin).

@@ -8,9 +8,9 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use podwire_testkit::oci;
 use podwire_testkit::podman::{Podman, build_pause_image};
 use podwire_testkit::*;
+use podwire_testkit::{http, oci};
 use serde_json::{Value, json};
 
 const PAUSE: &str = "localhost/podwire/pause:e2e";
@@ -202,4 +202,171 @@ fn podman_pods_networked_by_the_cni_plugin() {
     }
     assert_eq!(ports(&node, "pwbr1"), 0, "veths left after pod rm");
     assert_eq!(reservations(&ipam, &name), 0, "addresses left after pod rm");
+}
+
+/// A conflist as a podman user writes one: runtime-shim first (with the `ips` and `mac`
+/// capabilities), then the reference `portmap` for `-p`.
+fn conflist(name: &str, bridge: &str, subnet: &str, ipam: &Path, extra: Value) -> Value {
+    let mut shim = json!({
+        "type": "runtime-shim", "bridge": bridge, "isGateway": true, "ipMasq": true,
+        "hairpinMode": true, "capabilities": {"ips": true, "mac": true},
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                 "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ipam}
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        shim[k] = v.clone();
+    }
+    json!({"cniVersion": "1.0.0", "name": name, "plugins": [
+        shim,
+        {"type": "portmap", "capabilities": {"portMappings": true}}
+    ]})
+}
+
+fn nft_table(node: &Node, network: &str) -> Option<String> {
+    let o = node.node.run(
+        "nft",
+        &["list", "table", "inet", &format!("podwire-{network}")],
+    );
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn podman_containers_with_static_ip_mac_ports_two_networks_and_reload() {
+    require_root();
+    require_tool("nft");
+    let node = Node::new("pmuser");
+    let tmp = TempDir::new("pmuser");
+    let ipam = tmp.path().join("ipam");
+    let (one, two) = (
+        format!("pwpmu1{}", std::process::id()),
+        format!("pwpmu2{}", std::process::id()),
+    );
+    let plugins = tmp.path().join("cni-bin");
+    fs::create_dir_all(&plugins).unwrap();
+    fs::copy(bin("runtime-shim"), plugins.join("runtime-shim")).unwrap();
+    let p = Podman::new(
+        "cni",
+        &format!(
+            "cni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]",
+            plugins.display()
+        ),
+        Some(&node.node.path()),
+    );
+    for (name, bridge, subnet) in [
+        (&one, "pwbr2", "10.84.0.0/24"),
+        (&two, "pwbr3", "10.85.0.0/24"),
+    ] {
+        let c = conflist(name, bridge, subnet, &ipam, json!({}));
+        fs::write(p.net_d().join(format!("{name}.conflist")), c.to_string()).unwrap();
+    }
+    images(&p, tmp.path());
+    let inspect = |ctr: &str, what: &str| p.ok(&["inspect", "-f", what, ctr]);
+    let eth = |ctr: &str, dev: &str| p.ok(&["exec", ctr, "ip", "-o", "addr", "show", dev]);
+
+    // --ip, --mac-address and -p through the chained portmap.
+    let web = unique_name("web");
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &web,
+        "--network",
+        &one,
+        "--ip",
+        "10.84.0.50",
+        "--mac-address",
+        "02:84:00:00:00:50",
+        "-p",
+        "18080:80",
+        BUSYBOX,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let shown = eth(&web, "eth0");
+    assert!(shown.contains("10.84.0.50/24"), "{shown}");
+    let link = p.ok(&["exec", &web, "ip", "-o", "link", "show", "eth0"]);
+    assert!(link.contains("02:84:00:00:00:50"), "{link}");
+    // The published port, reached at the node's own address on the bridge (portmap's
+    // OUTPUT DNAT), from inside the node.
+    let body = wait_for("the published port", Duration::from_secs(20), || {
+        http::get(&node.node, "10.84.0.1", 18080, "/").filter(|b| b.contains("hello"))
+    });
+    assert!(body.contains("hello from podman pod a"), "{body}");
+    assert!(nft_table(&node, &one).is_some(), "the network's masquerade");
+
+    // A firewall reload wipes the node's rules; `podman network reload` puts everything
+    // back and keeps the static address.
+    node.node.ok("nft", &["flush", "ruleset"]);
+    assert!(nft_table(&node, &one).is_none());
+    p.ok(&["network", "reload", &web]);
+    assert!(
+        eth(&web, "eth0").contains("10.84.0.50/24"),
+        "reload kept the address"
+    );
+    assert!(
+        nft_table(&node, &one).is_some(),
+        "reload healed the masquerade"
+    );
+    let body = wait_for(
+        "the published port after reload",
+        Duration::from_secs(20),
+        || http::get(&node.node, "10.84.0.1", 18080, "/").filter(|b| b.contains("hello")),
+    );
+    assert!(body.contains("hello"), "{body}");
+
+    // A container on two networks: one default route (the first network's), both
+    // interfaces addressed.
+    let both = unique_name("both");
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &both,
+        "--network",
+        &format!("{one},{two}"),
+        BUSYBOX,
+        "sleep",
+        "600",
+    ]);
+    let routes = p.ok(&["exec", &both, "ip", "route"]);
+    assert_eq!(routes.matches("default").count(), 1, "{routes}");
+    assert!(
+        routes.contains("default via 10.84.0.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(
+        eth(&both, "eth1").contains("10.85.0."),
+        "second network on eth1"
+    );
+    let nets = inspect(
+        &both,
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}",
+    );
+    assert!(
+        nets.contains(&format!("{one}=10.84.0.")) && nets.contains(&format!("{two}=10.85.0.")),
+        "{nets}"
+    );
+
+    // rm -f leaves nothing of ours: no port on either bridge, no address, no table.
+    for ctr in [&web, &both] {
+        p.ok(&["rm", "-f", "-t", "0", ctr]);
+    }
+    for (name, bridge) in [(&one, "pwbr2"), (&two, "pwbr3")] {
+        assert_eq!(ports(&node, bridge), 0, "{bridge}: veths left after rm -f");
+        assert_eq!(
+            reservations(&ipam, name),
+            0,
+            "{name}: addresses left after rm -f"
+        );
+        assert!(
+            nft_table(&node, name).is_none(),
+            "{name}: table left after rm -f"
+        );
+    }
 }
