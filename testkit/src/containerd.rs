@@ -33,12 +33,19 @@ impl Containerd {
         fs::create_dir_all(&cni_bin).expect("cni-bin");
         fs::create_dir_all(&cni_conf).expect("cni-net.d");
         fs::copy(bin("runtime-shim"), cni_bin.join("runtime-shim")).expect("copy shim");
-        // containerd always runs the loopback plugin for lo.
-        let lo = ["/usr/lib/cni/loopback", "/opt/cni/bin/loopback"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .expect("CNI loopback plugin missing: install containernetworking-plugins (make deps)");
-        std::os::unix::fs::symlink(lo, cni_bin.join("loopback")).expect("loopback link");
+        // containerd always runs the loopback plugin for lo; conflists chain portmap.
+        for plugin in ["loopback", "portmap"] {
+            let path = ["/usr/lib/cni", "/opt/cni/bin"]
+                .into_iter()
+                .map(|d| Path::new(d).join(plugin))
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "CNI {plugin} plugin missing: install containernetworking-plugins (make deps)"
+                    )
+                });
+            std::os::unix::fs::symlink(path, cni_bin.join(plugin)).expect("plugin link");
+        }
         fs::write(cni_conf.join("10-podwire.conflist"), conflist.to_string()).expect("conflist");
         let runc = crate::oci::find("runc");
         let config = format!(

@@ -362,6 +362,27 @@ impl Network {
     }
 }
 
+/// A conflist shipped in `docs/conflists/`, with the first plugin's bridge, subnet and
+/// IPAM dir replaced (what a user edits before copying it), and the network renamed.
+pub fn shipped_conflist(
+    file: &str,
+    name: &str,
+    bridge: &str,
+    subnet: &str,
+    ipam: &Path,
+) -> serde_json::Value {
+    let path = workspace_root().join("docs/conflists").join(file);
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut v: serde_json::Value = serde_json::from_slice(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    v["name"] = name.into();
+    let shim = &mut v["plugins"][0];
+    shim["bridge"] = bridge.into();
+    shim["ipam"]["ranges"] = serde_json::json!([[{ "subnet": subnet }]]);
+    shim["ipam"]["dataDir"] = ipam.display().to_string().into();
+    v
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -22,13 +22,14 @@ fn containerd_cri_pods_networked_by_the_cni_plugin() {
     let node = Node::new("cri");
     let tmp = TempDir::new("cri");
     let ipam = tmp.path().join("ipam");
-    let conflist = json!({
-        "cniVersion": "1.0.0", "name": "pwcri",
-        "plugins": [{"type": "runtime-shim", "bridge": "pwbr2", "isDefaultGateway": true,
-                     "ipMasq": true,
-                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.84.0.0/24"}]],
-                              "dataDir": ipam}}]
-    });
+    // The conflist the docs ship, with this test's bridge, subnet and IPAM dir.
+    let conflist = shipped_conflist(
+        "containerd.conflist",
+        "pwcri",
+        "pwbr2",
+        "10.84.0.0/24",
+        &ipam,
+    );
     let mut c = Containerd::start(&node.node.path(), PAUSE, &conflist);
     let v = c.cri_ok(&["version"]);
     assert!(v["version"].as_str().unwrap().starts_with("1."), "{v}");

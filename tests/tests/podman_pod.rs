@@ -204,24 +204,6 @@ fn podman_pods_networked_by_the_cni_plugin() {
     assert_eq!(reservations(&ipam, &name), 0, "addresses left after pod rm");
 }
 
-/// A conflist as a podman user writes one: runtime-shim first (with the `ips` and `mac`
-/// capabilities), then the reference `portmap` for `-p`.
-fn conflist(name: &str, bridge: &str, subnet: &str, ipam: &Path, extra: Value) -> Value {
-    let mut shim = json!({
-        "type": "runtime-shim", "bridge": bridge, "isGateway": true, "ipMasq": true,
-        "hairpinMode": true, "capabilities": {"ips": true, "mac": true},
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                 "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ipam}
-    });
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        shim[k] = v.clone();
-    }
-    json!({"cniVersion": "1.0.0", "name": name, "plugins": [
-        shim,
-        {"type": "portmap", "capabilities": {"portMappings": true}}
-    ]})
-}
-
 fn nft_table(node: &Node, network: &str) -> Option<String> {
     let o = node.node.run(
         "nft",
@@ -258,7 +240,8 @@ fn podman_containers_with_static_ip_mac_ports_two_networks_and_reload() {
         (&one, "pwbr2", "10.84.0.0/24"),
         (&two, "pwbr3", "10.85.0.0/24"),
     ] {
-        let c = conflist(name, bridge, subnet, &ipam, json!({}));
+        // The conflist the docs ship, with this test's bridge, subnet and IPAM dir.
+        let c = shipped_conflist("podman.conflist", name, bridge, subnet, &ipam);
         fs::write(p.net_d().join(format!("{name}.conflist")), c.to_string()).unwrap();
     }
     images(&p, tmp.path());
