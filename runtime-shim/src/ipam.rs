@@ -318,12 +318,24 @@ impl Store {
         // saves a file creation per ADD. Anything else under the name (a planted hard
         // link, a FIFO, a missing file) is replaced by a new file instead.
         if let Ok(f) = nofollow().write(true).open(&p) {
-            if f.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1) {
-                let text = ip.to_string();
-                return f
-                    .set_len(0)
-                    .and_then(|()| f.write_all_at(text.as_bytes(), 0))
-                    .map_err(|e| Error::io("write", &p, e));
+            match f.metadata() {
+                Ok(m) if m.is_file() && m.nlink() == 1 => {
+                    // Truncate only when the text shrinks: a truncation frees blocks,
+                    // which costs more than the rest of the rewrite (0.35 ms here).
+                    let text = ip.to_string();
+                    let len = text.len() as u64;
+                    return f
+                        .write_all_at(text.as_bytes(), 0)
+                        .and_then(|()| {
+                            if m.size() > len {
+                                f.set_len(len)
+                            } else {
+                                Ok(())
+                            }
+                        })
+                        .map_err(|e| Error::io("write", &p, e));
+                }
+                _ => {}
             }
         }
         let tmp = write_tmp(&self.dir, &format!("last{set}"), ip.to_string().as_bytes())

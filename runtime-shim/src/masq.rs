@@ -199,10 +199,20 @@ pub fn heal(nft: &mut Nft, p: &Policy) -> Result<bool> {
         return Ok(false);
     }
     let name = table_name(&p.network);
-    let ours = ensure_ours(nft, &name)?;
+    let exists = ensure_ours(nft, &name)?;
     match p.table() {
+        // Missing (a flush, a first pod): create it; if it appeared meanwhile, replace.
+        Some(t) if !exists => match nft.create_table(&t) {
+            Err(Error::Netlink { source, .. })
+                if source.raw_os_error() == Some(nix::libc::EEXIST) =>
+            {
+                ensure_ours(nft, &name)?;
+                nft.replace_table(&t).map(|()| true)
+            }
+            r => r.map(|()| true),
+        },
         Some(t) => nft.replace_table(&t).map(|()| true),
-        None if ours => nft.delete_table(&name),
+        None if exists => nft.delete_table(&name),
         None => Ok(false),
     }
 }

@@ -31,6 +31,7 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLA_F_NESTED: u16 = 0x8000;
@@ -588,23 +589,43 @@ impl Nft {
         }
     }
 
-    /// Replace table `t` as a whole, in one transaction (created if missing). The caller
-    /// has checked that a table of that name, if any, is its own.
+    /// Replace table `t` as a whole, in one transaction. The caller has checked that a
+    /// table of that name, if any, is its own.
     pub fn replace_table(&mut self, t: &Table) -> Result<()> {
+        self.write_table(t, true)
+    }
+
+    /// Create table `t`, which must not exist (EEXIST otherwise, and nothing changes).
+    /// Cheaper than a replace: deleting a table with base chains waits for an RCU grace
+    /// period (16 ms here); creating one does not.
+    pub fn create_table(&mut self, t: &Table) -> Result<()> {
+        self.write_table(t, false)
+    }
+
+    fn write_table(&mut self, t: &Table, replace: bool) -> Result<()> {
         let mut out = Vec::new();
         let mut count = 0;
         let mut name = Buf::default();
         name.str(NFTA_TABLE_NAME, &t.name);
-        // Add-then-delete makes the delete safe when the table is missing.
-        self.msg(&mut out, NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, &name);
-        self.msg(&mut out, NFT_MSG_DELTABLE, NLM_F_ACK, &name);
+        if replace {
+            // Add-then-delete makes the delete safe when the table is missing.
+            self.msg(&mut out, NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, &name);
+            self.msg(&mut out, NFT_MSG_DELTABLE, NLM_F_ACK, &name);
+            count += 2;
+        }
         let mut table = Buf::default();
         table
             .str(NFTA_TABLE_NAME, &t.name)
             .be32(NFTA_TABLE_FLAGS, 0)
             .attr(NFTA_TABLE_USERDATA, &comment_udata(&t.comment));
-        self.msg(&mut out, NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, &table);
-        count += 3;
+        let excl = if replace { 0 } else { NLM_F_EXCL };
+        self.msg(
+            &mut out,
+            NFT_MSG_NEWTABLE,
+            NLM_F_CREATE | excl | NLM_F_ACK,
+            &table,
+        );
+        count += 1;
         for c in &t.chains {
             let mut b = Buf::default();
             b.str(NFTA_CHAIN_TABLE, &t.name)

@@ -542,11 +542,107 @@ fn masquerade_heals_after_unmasq_a_flush_and_a_firewall_reload() {
     // iptables' nat table is not where the masquerade lives: flushing it changes nothing.
     t.node.node.ok("iptables", &["-t", "nat", "-F"]);
     assert!(check().ok());
+    let tname = format!("podwire-{}", conf["name"].as_str().unwrap());
+    // One rule deleted from the table: CHECK notices, the next ADD rewrites the table.
+    let listed = t
+        .node
+        .node
+        .ok("nft", &["-a", "list", "table", "inet", &tname]);
+    let handle = listed
+        .lines()
+        .find(|l| l.contains(" masquerade comment"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .unwrap()
+        .trim()
+        .to_string();
+    t.node.node.ok(
+        "nft",
+        &[
+            "delete",
+            "rule",
+            "inet",
+            &tname,
+            "postrouting",
+            "handle",
+            &handle,
+        ],
+    );
+    assert_eq!(check().code(), 103);
+    let p4 = t.node.add_pod("h4");
+    let p4 = t.node.pod(p4).path();
+    assert!(t.cmd("ADD", "h4", &p4, "eth0", &conf).ok());
+    assert_eq!(
+        t.table().as_deref(),
+        Some(table.as_str()),
+        "after a lost rule"
+    );
+    assert!(t.cmd("DEL", "h4", &p4, "eth0", &conf).ok());
+    // A changed config (another nonMasqueradeCIDR) rewrites it on the next ADD.
+    let mut changed = conf.clone();
+    changed["nonMasqueradeCIDRs"] = json!(["10.0.0.0/8"]);
+    let p5 = t.node.add_pod("h5");
+    let p5 = t.node.pod(p5).path();
+    assert!(t.cmd("ADD", "h5", &p5, "eth0", &changed).ok());
+    let now = t.table().unwrap();
+    assert!(now.contains("ip daddr 10.0.0.0/8 return"), "{now}");
+    assert!(t.cmd("DEL", "h5", &p5, "eth0", &changed).ok());
+    assert!(t.cmd("ADD", "h5", &p5, "eth0", &conf).ok());
+    assert_eq!(t.table().as_deref(), Some(table.as_str()));
+    assert!(t.cmd("DEL", "h5", &p5, "eth0", &conf).ok());
     // The last pod's DEL takes the table with it.
     for (i, p) in pods.iter().enumerate() {
         assert!(t.cmd("DEL", &format!("h{i}"), p, "eth0", &conf).ok());
         assert_eq!(t.table().is_some(), i < 3, "after DEL {i}");
     }
+}
+
+#[test]
+fn a_table_of_podwires_name_that_is_not_podwires_is_never_touched() {
+    require_root();
+    require_tool("nft");
+    let mut t = Cni::new("cnifrn");
+    let mut conf = t.conf.clone();
+    conf["ipMasq"] = json!(true);
+    let tname = format!("podwire-{}", conf["name"].as_str().unwrap());
+    t.node.node.ok("nft", &["add", "table", "inet", &tname]);
+    t.node.node.ok(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            &tname,
+            "mine",
+            "{ type filter hook input priority 0; }",
+        ],
+    );
+    let before = t.node.node.ok("nft", &["list", "ruleset"]);
+    let p = t.node.add_pod("f");
+    let pod = t.node.pod(p).path();
+    let r = t.cmd("ADD", "f1", &pod, "eth0", &conf);
+    assert!(!r.ok(), "{r:?}");
+    let details = r.json["details"].as_str().unwrap_or("");
+    assert!(
+        details.contains(&format!("{tname} exists but was not made by podwire")),
+        "{r:?}"
+    );
+    assert_eq!(t.node.node.ok("nft", &["list", "ruleset"]), before);
+    assert_eq!(
+        (t.ports(), t.ipam_records().len()),
+        (0, 0),
+        "the ADD was undone"
+    );
+    assert_eq!(t.node.pod(p).links(), ["lo"]);
+    // unmasq and GC leave it alone too.
+    let config = t.dir.path().join("net.json");
+    std::fs::write(&config, conf.to_string()).unwrap();
+    let o = shim_in(&t.node.node)
+        .args(["unmasq", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert_eq!(t.node.node.ok("nft", &["list", "ruleset"]), before);
 }
 
 #[test]
