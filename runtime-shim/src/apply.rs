@@ -539,11 +539,13 @@ pub fn teardown_with(
     }
 }
 
-/// Remove the network's firewall table if no pod of the network is left on the node.
-/// Under the network's lock: an ADD heals the table under it too, after its veth exists.
+/// Remove the network's firewall table if no address of the network is reserved (its
+/// last pod is gone). Under the network's lock: an ADD reserves under it before it heals
+/// the table under it, so the two never cross. A reservation leaked by a crash keeps the
+/// table until GC releases it.
 pub fn remove_policy_if_unused(k: &mut dyn Kernel, net: &Network) -> Result<bool> {
-    let _lock = Store::open(&net.data_dir, &net.name)?;
-    if k.links()?.iter().any(|l| is_ours(l, &net.name)) {
+    let store = Store::open(&net.data_dir, &net.name)?;
+    if store.has_records()? {
         return Ok(false);
     }
     k.policy_remove(&net.name)

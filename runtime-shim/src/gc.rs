@@ -18,7 +18,6 @@ use std::path::Path;
 use crate::apply::is_ours;
 use crate::config::Network;
 use crate::ipam::{AttachmentLock, Store};
-use crate::kernel::Kernel;
 use crate::link::Netlink;
 use crate::plan::host_veth_name;
 use crate::{Error, Result};
@@ -166,24 +165,23 @@ pub fn gc(net: &Network, valid: &BTreeSet<(String, String)>) -> Result<GcReport>
     }
     // No pod of the network left on the node: its masquerade goes too (and the iptables
     // rules of versions before the nftables table, if any are left).
-    let mut k = crate::kernel::Real::open()?;
-    match crate::apply::remove_policy_if_unused(&mut k, net) {
-        Ok(removed) => {
-            if removed {
-                report.tables.push(crate::masq::table_name(&net.name));
-            }
-            if !k.links()?.iter().any(|l| is_ours(l, &net.name)) {
-                let p = crate::masq::Policy::of(net);
-                if let Err(e) = crate::masq::remove_legacy(&net.name, &p.subnets) {
-                    eprintln!("runtime-shim: GC: {}", crate::chain(&e));
-                    first_err.get_or_insert(e);
-                }
-            }
+    let unused = Store::open(&net.data_dir, &net.name)
+        .and_then(|s| s.has_records())
+        .map(|has| !has);
+    let r = unused.and_then(|unused| {
+        if !unused {
+            return Ok(());
         }
-        Err(e) => {
-            eprintln!("runtime-shim: GC: {}", crate::chain(&e));
-            first_err.get_or_insert(e);
+        let mut k = crate::kernel::Real::open()?;
+        if crate::apply::remove_policy_if_unused(&mut k, net)? {
+            report.tables.push(crate::masq::table_name(&net.name));
         }
+        let p = crate::masq::Policy::of(net);
+        crate::masq::remove_legacy(&net.name, &p.subnets).map(|_| ())
+    });
+    if let Err(e) = r {
+        eprintln!("runtime-shim: GC: {}", crate::chain(&e));
+        first_err.get_or_insert(e);
     }
     match first_err {
         Some(e) => Err(e),

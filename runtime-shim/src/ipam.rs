@@ -564,6 +564,17 @@ impl Store {
 
     /// All records: (address, container id, ifname). Unreadable or garbage records are
     /// reported on stderr and skipped, never fatal for the other pods.
+    /// Is any address of the network reserved? A readdir, no record read: how DEL and GC
+    /// decide that the network's last pod is gone.
+    pub fn has_records(&self) -> Result<bool> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
+        Ok(entries.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<IpAddr>().is_ok())
+        }))
+    }
+
     pub fn records(&self) -> Result<Vec<(IpAddr, String, String)>> {
         let mut out = Vec::new();
         let entries = fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
