@@ -22,6 +22,7 @@ pub mod link;
 pub mod masq;
 pub mod nft;
 pub mod oci;
+pub mod overlay;
 pub mod plan;
 pub mod result;
 pub mod routes;

@@ -14,10 +14,14 @@ use netlink_packet_core::{
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
-    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -38,6 +42,37 @@ pub struct Link {
     pub kind: Option<String>,
     /// Its device group (`ip link set group`); podwire's bridges are in `masq::BRIDGE_GROUP`.
     pub group: u32,
+}
+
+/// What a VXLAN device is asked to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: std::net::Ipv4Addr,
+    /// The underlay link's index.
+    pub underlay: u32,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+}
+
+/// What an existing VXLAN device is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanParams {
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub local: Option<std::net::Ipv4Addr>,
+    pub learning: Option<bool>,
+}
+
+/// A neighbour (ARP) or forwarding-database entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighEntry {
+    pub ifindex: u32,
+    pub ip: Option<IpAddr>,
+    pub mac: Option<[u8; 6]>,
+    pub permanent: bool,
 }
 
 /// A route in the main table.
@@ -82,6 +117,10 @@ pub enum NlOp {
     ListRoutes,
     /// A link looked up right after it was created was not there.
     FindNewLink,
+    CreateVxlan,
+    ListNeighbours,
+    SetNeighbour,
+    DeleteNeighbour,
     NftGetTable,
     NftListRules,
     NftApply,
@@ -109,6 +148,10 @@ impl std::fmt::Display for NlOp {
             NlOp::DeleteRoute => "delete route",
             NlOp::ListRoutes => "list routes",
             NlOp::FindNewLink => "find the link just created",
+            NlOp::CreateVxlan => "create vxlan device",
+            NlOp::ListNeighbours => "list neighbour entries",
+            NlOp::SetNeighbour => "set neighbour entry",
+            NlOp::DeleteNeighbour => "delete neighbour entry",
             NlOp::NftGetTable => "get nftables table inet",
             NlOp::NftListRules => "list nftables rules of",
             NlOp::NftApply => "apply nftables table inet",
@@ -648,6 +691,219 @@ impl Netlink {
             .filter(|(i, _)| *i == index)
             .map(|(_, n)| n)
             .collect())
+    }
+
+    /// Create a VXLAN device (down): VNI, UDP port, local address and underlay link,
+    /// learning off (every remote is a static FDB entry), MAC and MTU as given.
+    pub fn create_vxlan(&mut self, v: &VxlanSpec) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(v.name.clone()));
+        m.attributes.push(LinkAttribute::Address(v.mac.to_vec()));
+        m.attributes.push(LinkAttribute::Mtu(v.mtu));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(v.vni),
+                InfoVxlan::Local(v.local),
+                InfoVxlan::Link(v.underlay),
+                InfoVxlan::Port(v.port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map(|_| ())
+            .map_err(|e| nl_err(NlOp::CreateVxlan, &v.name, e))
+    }
+
+    /// The VXLAN parameters (VNI, port, local address) of link `name`, with the link;
+    /// None if there is no such link.
+    pub fn vxlan(&mut self, name: &str) -> Result<Option<(Link, VxlanParams)>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let r = match self.request(RouteNetlinkMessage::GetLink(m), 0) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(nl_err(NlOp::GetLink, name, e)),
+        };
+        for x in r {
+            let RouteNetlinkMessage::NewLink(l) = x else {
+                continue;
+            };
+            let mut p = VxlanParams::default();
+            for a in &l.attributes {
+                let LinkAttribute::LinkInfo(infos) = a else {
+                    continue;
+                };
+                for i in infos {
+                    let LinkInfo::Data(InfoData::Vxlan(v)) = i else {
+                        continue;
+                    };
+                    for x in v {
+                        match x {
+                            InfoVxlan::Id(id) => p.vni = Some(*id),
+                            InfoVxlan::Port(port) => p.port = Some(*port),
+                            InfoVxlan::Local(ip) => p.local = Some(*ip),
+                            InfoVxlan::Learning(b) => p.learning = Some(*b),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            return Ok(Some((Self::parse_link(&l), p)));
+        }
+        Ok(None)
+    }
+
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+            .map(|_| ())
+            .map_err(|e| nl_err(NlOp::SetLink, index, e))
+    }
+
+    /// Neighbour entries of `family` (Inet: ARP; Bridge: forwarding database), every link.
+    pub fn neighbours(&mut self, bridge_fdb: bool) -> Result<Vec<NeighEntry>> {
+        let mut q = NeighbourMessage::default();
+        q.header.family = if bridge_fdb {
+            AddressFamily::Bridge
+        } else {
+            AddressFamily::Inet
+        };
+        let r = self
+            .request(RouteNetlinkMessage::GetNeighbour(q), NLM_F_DUMP)
+            .map_err(|e| nl_err(NlOp::ListNeighbours, "", e))?;
+        let mut out = Vec::new();
+        for x in r {
+            let RouteNetlinkMessage::NewNeighbour(n) = x else {
+                continue;
+            };
+            let mut e = NeighEntry {
+                ifindex: n.header.ifindex,
+                ip: None,
+                mac: None,
+                permanent: n.header.state == NeighbourState::Permanent,
+            };
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                        e.ip = Some(IpAddr::V4(*ip))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                        e.ip = Some(IpAddr::V6(*ip))
+                    }
+                    // FDB entries (family bridge) carry the remote as raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(v)) => {
+                        e.ip = match v.len() {
+                            4 => <[u8; 4]>::try_from(v.as_slice()).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(v.as_slice()).ok().map(IpAddr::from),
+                            _ => None,
+                        }
+                    }
+                    NeighbourAttribute::LinkLayerAddress(l) => e.mac = mac6(l),
+                    _ => {}
+                }
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn neighbour_msg(
+        bridge_fdb: bool,
+        ifindex: u32,
+        ip: IpAddr,
+        mac: Option<[u8; 6]>,
+    ) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.ifindex = ifindex;
+        m.header.state = NeighbourState::Permanent;
+        m.header.kind = RouteType::Unspec;
+        if bridge_fdb {
+            m.header.family = AddressFamily::Bridge;
+            m.header.flags = NeighbourFlags::Own;
+        } else {
+            m.header.family = family(ip);
+        }
+        let dst = match ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        };
+        m.attributes.push(NeighbourAttribute::Destination(dst));
+        if let Some(mac) = mac {
+            m.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        }
+        m
+    }
+
+    /// Add or replace a permanent entry: an ARP entry `ip` -> `mac` on `ifindex`, or with
+    /// `bridge_fdb` a forwarding-database entry `mac` -> remote `ip` on a VXLAN device.
+    pub fn set_neighbour(
+        &mut self,
+        bridge_fdb: bool,
+        ifindex: u32,
+        ip: IpAddr,
+        mac: [u8; 6],
+    ) -> Result<()> {
+        let m = Self::neighbour_msg(bridge_fdb, ifindex, ip, Some(mac));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            nl_err(
+                NlOp::SetNeighbour,
+                format!("{ip} {} on link {ifindex}", mac_string(&mac)),
+                e,
+            )
+        })
+    }
+
+    /// Delete an entry as [`Netlink::set_neighbour`] made it; Ok(false) if it is gone.
+    pub fn del_neighbour(
+        &mut self,
+        bridge_fdb: bool,
+        ifindex: u32,
+        ip: IpAddr,
+        mac: Option<[u8; 6]>,
+    ) -> Result<bool> {
+        let m = Self::neighbour_msg(bridge_fdb, ifindex, ip, mac);
+        match self.request(RouteNetlinkMessage::DelNeighbour(m), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(false),
+            Err(e) => Err(nl_err(
+                NlOp::DeleteNeighbour,
+                format!("{ip} on link {ifindex}"),
+                e,
+            )),
+        }
+    }
+
+    /// Add or replace podwire's route to `dst` via `gw` on link `oif`, on-link (the
+    /// gateway is reached through the link whatever its addresses say: an overlay's
+    /// VTEP), `proto` [`PODWIRE_ROUTE_PROTO`].
+    pub fn replace_route_onlink(&mut self, dst: IpNet, gw: IpAddr, oif: u32) -> Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(dst.addr());
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Other(PODWIRE_ROUTE_PROTO);
+        m.header.scope = RouteScope::Universe;
+        m.header.kind = RouteType::Unicast;
+        m.header.flags = RouteFlags::Onlink;
+        m.attributes
+            .push(RouteAttribute::Destination(route_addr(dst.addr())));
+        m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
+        m.attributes.push(RouteAttribute::Oif(oif));
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+        .map_err(|e| nl_err(NlOp::ReplaceRoute, format!("{dst} via {gw} onlink"), e))
     }
 
     /// Routes of the main table, both families.

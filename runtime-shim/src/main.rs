@@ -64,6 +64,24 @@ struct TeardownArgs {
     config: PathBuf,
 }
 
+/// How pod traffic reaches other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// flannel's host-gw: routes via the nodes' InternalIPs.
+    HostGw,
+    /// flannel's vxlan: an overlay device, routes, neighbours and FDB entries.
+    Vxlan,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::HostGw => "host-gw",
+            Backend::Vxlan => "vxlan",
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Wire a pod: bridge, veth, address, routes, masquerade. Prints the CNI result JSON.
@@ -128,9 +146,23 @@ enum Cmd {
         node_cidr_mask: u8,
         /// Install the routes in this network namespace, all or nothing (needs
         /// --cluster-cidr: only routes inside it, never the default route, one covering a
-        /// node address, or a route podwire did not install, are touched).
+        /// node address, or a route podwire did not install, are touched). podwire's
+        /// routes of nodes that left are removed.
         #[arg(long)]
         apply: bool,
+        /// host-gw: a route per node via its InternalIP (one L2 segment). vxlan: a
+        /// flannel-compatible overlay for nodes that share no link.
+        #[arg(long, value_enum, default_value_t = Backend::HostGw)]
+        backend: Backend,
+        /// vxlan: the device's name.
+        #[arg(long, default_value = runtime_shim::overlay::DEFAULT_DEVICE)]
+        vxlan_device: String,
+        /// vxlan: the VXLAN network identifier.
+        #[arg(long, default_value_t = runtime_shim::overlay::DEFAULT_VNI)]
+        vni: u32,
+        /// vxlan: the UDP port.
+        #[arg(long, default_value_t = runtime_shim::overlay::DEFAULT_PORT)]
+        vxlan_port: u16,
     },
     /// Remove the network's masquerade and isolation table (and the iptables rules of
     /// versions before it); the next pod setup puts it back.
@@ -226,13 +258,27 @@ fn run(cmd: Cmd) -> Result<()> {
             cluster_cidr,
             node_cidr_mask,
             apply,
+            backend,
+            vxlan_device,
+            vni,
+            vxlan_port,
         } => {
+            use runtime_shim::overlay;
             let bytes = read_input(&nodes, MAX_NODES_BYTES)?;
             let mut all = runtime_shim::routes::parse_nodes(&bytes)?;
             if let Some(c) = cluster_cidr {
                 runtime_shim::routes::carve(&mut all, c, node_cidr_mask)?;
             }
-            let routes = runtime_shim::routes::routes_for(&all, &node)?;
+            let mut routes = runtime_shim::routes::routes_for(&all, &node)?;
+            let plan = match backend {
+                Backend::HostGw => None,
+                Backend::Vxlan => {
+                    let p = overlay::plan(&all, &node, &vxlan_device, vni, vxlan_port)?;
+                    routes = overlay::routes(&p);
+                    Some(p)
+                }
+            };
+            let mut changed = Vec::new();
             if apply {
                 // Routes are installed only inside the cluster range, so it must be known.
                 let cluster = cluster_cidr.ok_or_else(|| Error::Invalid {
@@ -244,19 +290,27 @@ fn run(cmd: Cmd) -> Result<()> {
                 })?;
                 runtime_shim::check_capabilities()?;
                 let mut nl = runtime_shim::link::Netlink::open()?;
-                runtime_shim::routes::apply(&mut nl, &routes, cluster)?;
+                changed = match &plan {
+                    None => runtime_shim::routes::apply(&mut nl, &routes, cluster)?,
+                    Some(p) => overlay::apply(&mut nl, p, cluster)?,
+                };
             }
             let me = all.iter().find(|n| n.name == node);
-            println!(
-                "{}",
-                serde_json::json!({
-                    "node": node,
-                    "podCIDRs": me.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
-                    "nodes": all,
-                    "routes": routes,
-                    "applied": apply,
-                })
-            );
+            let mut out = serde_json::json!({
+                "node": node,
+                "backend": backend.name(),
+                "podCIDRs": me.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
+                "nodes": all,
+                "routes": routes,
+                "applied": apply,
+                "changed": changed,
+            });
+            if let Some(p) = &plan {
+                out["vxlan"] = serde_json::to_value(p).unwrap_or_default();
+                out["annotations"] =
+                    serde_json::to_value(overlay::annotations(p)).unwrap_or_default();
+            }
+            println!("{out}");
         }
         Cmd::Gc {
             config,

@@ -21,6 +21,9 @@ pub struct NodeInfo {
     pub pod_cidrs: Vec<IpNet>,
     #[serde(rename = "internalIPs")]
     pub internal_ips: Vec<IpAddr>,
+    /// The Node's annotations (flannel's VTEP data is read from them).
+    #[serde(skip)]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// A route to install on a node.
@@ -49,6 +52,7 @@ struct K8sNode {
 #[serde(default)]
 struct Meta {
     name: String,
+    annotations: std::collections::BTreeMap<String, String>,
 }
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
@@ -71,7 +75,7 @@ struct Address {
     address: String,
 }
 
-fn bad(field: String, reason: impl Into<String>) -> Error {
+pub(crate) fn bad(field: String, reason: impl Into<String>) -> Error {
     Error::Config {
         field,
         reason: reason.into(),
@@ -135,6 +139,7 @@ pub fn parse_nodes(bytes: &[u8]) -> Result<Vec<NodeInfo>> {
             name: n.metadata.name,
             pod_cidrs,
             internal_ips,
+            annotations: n.metadata.annotations,
         });
     }
     Ok(out)
@@ -282,18 +287,52 @@ pub fn check_safe(
     Ok(())
 }
 
+/// host-gw only works when every peer is one hop away: its InternalIP must lie in a
+/// subnet of one of this node's addresses. Otherwise the route's gateway is unreachable
+/// (or, worse, reached through some router that drops pod traffic).
+pub fn check_connected(routes: &[NodeRoute], node_addrs: &[IpNet]) -> Result<()> {
+    for r in routes {
+        let on_link = node_addrs
+            .iter()
+            .any(|a| a.prefix_len() < a.max_prefix_len() && a.trunc().contains(&r.via));
+        if !on_link {
+            let mine: Vec<String> = node_addrs
+                .iter()
+                .filter(|a| !a.addr().is_loopback() && a.addr().is_ipv4() == r.via.is_ipv4())
+                .map(|a| a.to_string())
+                .collect();
+            return Err(bad(
+                format!("node {}: InternalIP", r.node),
+                format!(
+                    "{} is not on a subnet directly connected to this node ({}): host-gw                      needs every node on one L2 segment; use --backend vxlan",
+                    r.via,
+                    mine.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Install `routes` in the caller's namespace, all or nothing: every route is checked
-/// first ([`check_safe`]); a failure part-way puts back what was there before.
-pub fn apply(nl: &mut Netlink, routes: &[NodeRoute], cluster: IpNet) -> Result<()> {
+/// first ([`check_safe`], [`check_connected`]); a failure part-way puts back what was
+/// there before. podwire's routes inside the cluster range that `routes` does not hold
+/// (nodes that left) are removed afterwards. Returns what changed.
+pub fn apply(nl: &mut Netlink, routes: &[NodeRoute], cluster: IpNet) -> Result<Vec<String>> {
     let addrs: Vec<IpNet> = nl.all_addresses()?.into_iter().map(|(_, a)| a).collect();
     let existing = nl.routes()?;
     check_safe(routes, cluster, &addrs, &existing)?;
+    check_connected(routes, &addrs)?;
+    let mut changed = Vec::new();
     let mut done: Vec<(IpNet, Option<IpAddr>)> = Vec::new();
     for r in routes {
-        let before = existing
+        let ours = existing
             .iter()
-            .find(|e| e.dst == r.dst && e.protocol == PODWIRE_ROUTE_PROTO)
-            .and_then(|e| e.gw);
+            .find(|e| e.dst == r.dst && e.protocol == PODWIRE_ROUTE_PROTO);
+        let before = ours.and_then(|e| e.gw);
+        if before == Some(r.via) {
+            continue;
+        }
         if let Err(e) = nl.replace_route_via(r.dst, r.via) {
             for (dst, prev) in done.into_iter().rev() {
                 let undo = match prev {
@@ -307,8 +346,19 @@ pub fn apply(nl: &mut Netlink, routes: &[NodeRoute], cluster: IpNet) -> Result<(
             return Err(e);
         }
         done.push((r.dst, before));
+        changed.push(format!("route {} via {} ({})", r.dst, r.via, r.node));
     }
-    Ok(())
+    for e in existing.iter().filter(|e| {
+        e.protocol == PODWIRE_ROUTE_PROTO
+            && cluster.contains(&e.dst.network())
+            && e.dst.prefix_len() >= cluster.prefix_len()
+            && !routes.iter().any(|r| r.dst == e.dst)
+    }) {
+        if nl.delete_podwire_route(e.dst)? {
+            changed.push(format!("removed route {}", e.dst));
+        }
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]
