@@ -151,7 +151,9 @@ fn ns_run(ns: &Path, cmd: &str, args: &[&str]) -> R<String> {
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const SERVICE_IP: &str = "10.96.0.10";
+/// node-1's subnet; node-2 is on another, behind a router.
 const NODE_NET: &str = "192.168.77";
+const NODE_NET2: &str = "192.168.78";
 
 struct DemoNode {
     name: String,
@@ -176,6 +178,8 @@ struct Pod {
 
 struct Cluster {
     nodes: Vec<DemoNode>,
+    /// The router between the nodes' subnets.
+    router: Option<Ns>,
     pods: Vec<Pod>,
     shim: PathBuf,
     rootfs: PathBuf,
@@ -227,6 +231,8 @@ impl Cluster {
             "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
             // Masquerade what leaves the cluster, never pod-to-pod traffic.
             "ipMasq": true, "nonMasqueradeCIDRs": [CLUSTER_CIDR],
+            // 50 bytes below the nodes' links: room for the VXLAN headers of step 6.
+            "mtu": 1450,
             "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
                      "dataDir": dir.join("ipam")}
         });
@@ -519,7 +525,7 @@ impl HostGuard {
         let ns = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
         // Not /sys/class/net: sysfs shows the namespace it was mounted in.
         let links = ns_run(&ns, "ip", &["-o", "link", "show"])?;
-        for link in ["cni0", "pwnode0"] {
+        for link in ["cni0", "pwnode0", "flannel.1"] {
             if links.contains(&format!(": {link}:")) || links.contains(&format!(": {link}@")) {
                 return Err(format!(
                     "--on-host: link {link} exists here; the demo would take it over"
@@ -533,7 +539,7 @@ impl HostGuard {
             );
         }
         let routes = ns_run(&ns, "ip", &["route"])?;
-        for r in ["10.244.", NODE_NET] {
+        for r in ["10.244.", NODE_NET, NODE_NET2] {
             if routes.contains(r) {
                 return Err(format!("--on-host: routes to {r}x exist here; refusing"));
             }
@@ -553,8 +559,9 @@ impl HostGuard {
 
 impl Drop for HostGuard {
     fn drop(&mut self) {
-        // Links: the bridge and the inter-node link (its peer goes with it).
-        for link in ["cni0", "pwnode0"] {
+        // Links: the bridge, the overlay device and the link to the router (its peer and
+        // the route through it go with it).
+        for link in ["cni0", "flannel.1", "pwnode0"] {
             let _ = ns_run(&self.ns, "ip", &["link", "del", link]);
         }
         // iptables-gen's chains: jumps from the built-in chains first, then the chains.
@@ -638,6 +645,7 @@ fn walkthrough(out: Out, summary: &mut Summary, names: &mut (Vec<String>, Vec<St
     oci::build_rootfs(&rootfs, &pause_bin());
     let mut c = Cluster {
         nodes: Vec::new(),
+        router: None,
         pods: Vec::new(),
         shim: bin("runtime-shim"),
         rootfs,
@@ -705,7 +713,7 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
         {"metadata": {"name": "node-1"},
          "status": {"addresses": [{"type": "InternalIP", "address": format!("{NODE_NET}.1")}]}},
         {"metadata": {"name": "node-2"},
-         "status": {"addresses": [{"type": "InternalIP", "address": format!("{NODE_NET}.2")}]}}
+         "status": {"addresses": [{"type": "InternalIP", "address": format!("{NODE_NET2}.2")}]}}
     ]});
     let nodes_file = c.tmp.path().join("nodes.json");
     fs::write(&nodes_file, nodes_json.to_string()).map_err(|e| e.to_string())?;
@@ -719,6 +727,8 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
             node,
             "--cluster-cidr",
             CLUSTER_CIDR,
+            "--backend",
+            "vxlan",
         ];
         let shim = shim_path.to_str().unwrap_or_default();
         let s = match ns {
@@ -963,34 +973,109 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
     // 6. Nodes
     c.out.heading(
         6,
-        "Across nodes: a second node, routes between pod subnets, one Service",
+        "Across nodes: a second node behind a router, a VXLAN overlay, one Service",
     );
     let n2 = c.add_node("node-2", &cidr2, false)?;
     let node2 = c.node_ns(n2);
-    // The "network" between the nodes: one veth pair, a node IP on each end.
-    let peer_ns = node2.to_str().unwrap_or_default().to_string();
+    // The network between the nodes: two subnets joined by a router, so node-2 is not on
+    // node-1's link and routes via its address (host-gw) cannot work.
+    let router = Ns::new("demo-router");
+    let rpath = router.path();
+    ns_run(
+        &rpath,
+        "sh",
+        &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+    )?;
+    for (ns, net, peer) in [(&node1, NODE_NET, "pwr1"), (&node2, NODE_NET2, "pwr2")] {
+        let router_ns = rpath.to_str().unwrap_or_default().to_string();
+        ns_run(
+            ns,
+            "ip",
+            &[
+                "link", "add", "pwnode0", "type", "veth", "peer", "name", peer, "netns", &router_ns,
+            ],
+        )?;
+        let me = if net == NODE_NET { "1" } else { "2" };
+        ns_run(
+            ns,
+            "ip",
+            &["addr", "add", &format!("{net}.{me}/24"), "dev", "pwnode0"],
+        )?;
+        ns_run(ns, "ip", &["link", "set", "pwnode0", "up"])?;
+        ns_run(
+            &rpath,
+            "ip",
+            &["addr", "add", &format!("{net}.254/24"), "dev", peer],
+        )?;
+        ns_run(&rpath, "ip", &["link", "set", peer, "up"])?;
+    }
     ns_run(
         &node1,
         "ip",
         &[
-            "link", "add", "pwnode0", "type", "veth", "peer", "name", "pwnode0", "netns", &peer_ns,
+            "route",
+            "add",
+            &format!("{NODE_NET2}.0/24"),
+            "via",
+            &format!("{NODE_NET}.254"),
         ],
     )?;
-    for (ns, ip) in [
-        (&node1, format!("{NODE_NET}.1/24")),
-        (&node2, format!("{NODE_NET}.2/24")),
-    ] {
-        ns_run(ns, "ip", &["addr", "add", &ip, "dev", "pwnode0"])?;
-        ns_run(ns, "ip", &["link", "set", "pwnode0", "up"])?;
-    }
+    ns_run(
+        &node2,
+        "ip",
+        &[
+            "route",
+            "add",
+            &format!("{NODE_NET}.0/24"),
+            "via",
+            &format!("{NODE_NET2}.254"),
+        ],
+    )?;
+    c.router = Some(router);
     let r1 = routes("node-1", Some(&node1))?;
     let r2 = routes("node-2", Some(&node2))?;
     c.out.cmd(
-        "runtime-shim routes --nodes nodes.json --node node-1 --cluster-cidr 10.244.0.0/16 --apply",
-        &serde_json::to_string(&r1["routes"]).unwrap_or_default(),
+        "runtime-shim routes --nodes nodes.json --node node-1 --cluster-cidr 10.244.0.0/16 --backend vxlan --apply",
+        &r1["changed"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default(),
+    );
+    let dev = ns_run(&node1, "ip", &["-d", "-o", "link", "show", "flannel.1"])?;
+    let dev_line = dev
+        .split_whitespace()
+        .skip_while(|w| *w != "vxlan")
+        .take(13)
+        .collect::<Vec<_>>()
+        .join(" ");
+    c.out.cmd("(node-1) ip -d link show flannel.1", &dev_line);
+    c.out.say(
+        "  the overlay device: pod packets for other nodes leave inside UDP 8472 from node-1's address",
     );
     let shown = ns_run(&node1, "ip", &["route"])?;
-    c.out.cmd("(node-1) ip route", &shown);
+    let overlay_route: String = shown
+        .lines()
+        .filter(|l| l.contains("flannel.1"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    c.out
+        .cmd("(node-1) ip route | grep flannel.1", &overlay_route);
+    c.out
+        .say("  node-2's pod CIDR is reached via node-2's VTEP address, on the overlay");
+    let neigh = ns_run(&node1, "ip", &["neigh", "show", "dev", "flannel.1"])?;
+    c.out.cmd("(node-1) ip neigh show dev flannel.1", &neigh);
+    c.out
+        .say("  that VTEP address is node-2's VTEP MAC: set once, never ARPed for");
+    let fdb = ns_run(&node1, "bridge", &["fdb", "show", "dev", "flannel.1"])?;
+    c.out.cmd("(node-1) bridge fdb show dev flannel.1", &fdb);
+    c.out.say(&format!(
+        "  frames for that MAC are sent to node-2's address {NODE_NET2}.2, through the router"
+    ));
     let far_name = format!("nginx-deployment-{hash}-{}", c.suffix(5));
     let far = c.start_pod(n2, &far_name, "nginx")?;
     let body = c.get_from(&client, &far.ip)?;
@@ -1032,9 +1117,15 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
         &tally_text(&t),
     );
     let backends = [&replicas[1], &fresh, &far];
+    let router_routes = ns_run(&rpath, "ip", &["route"])?;
     let ok6 = body == far.name
         && seen == client.ip
-        && shown.contains(&format!("{cidr2} via {NODE_NET}.2"))
+        && shown.contains(&format!(
+            "{cidr2} via {} dev flannel.1",
+            cidr2.trim_end_matches("/24")
+        ))
+        && fdb.contains(&format!("dst {NODE_NET2}.2"))
+        && !router_routes.contains("10.244.")
         && r2["routes"][0]["dst"] == cidr1.as_str()
         && backends
             .iter()
@@ -1049,7 +1140,9 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
         json!({
             "cluster_cidr": CLUSTER_CIDR,
             "nodes": [{"name": "node-1", "pod_cidr": cidr1, "ip": format!("{NODE_NET}.1")},
-                      {"name": "node-2", "pod_cidr": cidr2, "ip": format!("{NODE_NET}.2")}],
+                      {"name": "node-2", "pod_cidr": cidr2, "ip": format!("{NODE_NET2}.2")}],
+            "overlay": {"device": dev_line, "route": overlay_route, "neighbours": neigh,
+                        "fdb": fdb, "router_has_pod_routes": router_routes.contains("10.244.")},
             "routes_node_1": r1["routes"], "routes_node_2": r2["routes"],
             "cross_node_pod": {"name": far.name, "ip": far.ip, "answer": body,
                                "sees_client_as": seen},

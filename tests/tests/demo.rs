@@ -81,16 +81,51 @@ fn the_demo_walkthrough_does_what_it_shows_and_leaves_nothing() {
     let t5 = f(5)["tally"].as_object().unwrap();
     assert!(!t5.contains_key(gone));
     assert!(t5.contains_key(f(5)["replacement"]["name"].as_str().unwrap()));
-    // 6. Two nodes, pod CIDRs carved from the cluster range, routes both ways, a pod on
-    // node-2 reached by its IP, and the Service balancing over both nodes.
+    // 6. Two nodes on two subnets behind a router, pod CIDRs carved from the cluster
+    // range, a VXLAN overlay both ways (route via the peer's VTEP on flannel.1, its MAC as
+    // a neighbour, an FDB entry to its address; the router knows no pod route), a pod on
+    // node-2 reached by its IP and seeing the client's own, and the Service balancing
+    // over both nodes.
     assert_eq!(f(6)["nodes"][0]["pod_cidr"], "10.244.1.0/24");
     assert_eq!(f(6)["nodes"][1]["pod_cidr"], "10.244.2.0/24");
+    assert_eq!(f(6)["nodes"][1]["ip"], "192.168.78.2");
     assert_eq!(f(6)["routes_node_1"][0]["dst"], "10.244.2.0/24");
-    assert_eq!(f(6)["routes_node_1"][0]["via"], "192.168.77.2");
+    assert_eq!(f(6)["routes_node_1"][0]["via"], "10.244.2.0");
     assert_eq!(f(6)["routes_node_2"][0]["dst"], "10.244.1.0/24");
+    let ov = &f(6)["overlay"];
+    assert!(
+        ov["device"].as_str().unwrap().contains("vxlan id 1"),
+        "{ov}"
+    );
+    assert!(
+        ov["route"]
+            .as_str()
+            .unwrap()
+            .contains("10.244.2.0/24 via 10.244.2.0 dev flannel.1"),
+        "{ov}"
+    );
+    assert!(
+        ov["neighbours"]
+            .as_str()
+            .unwrap()
+            .contains("10.244.2.0 lladdr"),
+        "{ov}"
+    );
+    assert!(
+        ov["fdb"].as_str().unwrap().contains("dst 192.168.78.2"),
+        "{ov}"
+    );
+    assert_eq!(ov["router_has_pod_routes"], false);
     let far = &f(6)["cross_node_pod"];
     assert!(far["ip"].as_str().unwrap().starts_with("10.244.2."));
     assert_eq!(far["answer"], far["name"]);
+    assert!(
+        far["sees_client_as"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.244.1."),
+        "{far}"
+    );
     let t6 = f(6)["tally"].as_object().unwrap();
     assert_eq!(t6.len(), 3, "three backends on two nodes: {t6:?}");
     assert!(t6[far["name"].as_str().unwrap()].as_u64().unwrap() > 0);
