@@ -51,6 +51,7 @@ bench: deps pause
 	$(CARGO) build --release -p runtime-shim
 	@echo "## pause"; target/release/pause-bench --pause $(PAUSE) --catatonit /usr/bin/catatonit
 	@echo; echo "## runtime-shim"; target/release/shim-bench --shim target/release/runtime-shim --pods 50 --scale 1000
+	@echo; echo "## runtime-shim routes: host-gw vs vxlan"; target/release/overlay-bench --mib 512 --runs 5
 	@echo; echo "## iptables-gen"; echo "| services | lines | full gen ms (best) | full gen ms (median) | peak RSS MiB | 1-service partial sync ms (resourceVersion) | same, content digests | iptables-restore apply ms |"; echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 	@target/release/gen-bench --services 1000 --apply; target/release/gen-bench --services 10000; target/release/gen-bench --services 50000
 
