@@ -415,6 +415,33 @@ mod tests {
         assert!(check_safe(&[], all, &node, &[]).is_err());
     }
 
+    #[test]
+    fn host_gw_needs_every_peer_on_a_connected_subnet() {
+        let route = |via: &str| NodeRoute {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            via: via.parse().unwrap(),
+            node: "node-2".into(),
+        };
+        let mine: Vec<IpNet> = vec![
+            "127.0.0.1/8".parse().unwrap(),
+            "10.0.1.1/24".parse().unwrap(),
+            "10.244.1.0/32".parse().unwrap(),
+        ];
+        check_connected(&[route("10.0.1.7")], &mine).unwrap();
+        let e = check_connected(&[route("10.0.2.1")], &mine)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("node node-2: InternalIP")
+                && e.contains("10.0.2.1 is not on a subnet directly connected")
+                && e.contains("(10.0.1.1/24, 10.244.1.0/32)")
+                && e.contains("use --backend vxlan"),
+            "{e}"
+        );
+        // A /32 (a VTEP address) connects nothing.
+        assert!(check_connected(&[route("10.244.1.0")], &mine).is_err());
+    }
+
     fn nodes(json: &str) -> Vec<NodeInfo> {
         parse_nodes(json.as_bytes()).unwrap()
     }
