@@ -361,17 +361,26 @@ impl Netlink {
             .map_err(|e| nl_err(NlOp::SetLink, index, e))
     }
 
-    /// Set a link down by index.
-    /// Put a link in device group `group`.
-    pub fn set_group(&mut self, index: u32, group: u32) -> Result<()> {
+    /// Set one attribute of a link by index.
+    fn set_attribute(&mut self, index: u32, a: LinkAttribute) -> Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
-        m.attributes.push(LinkAttribute::Group(group));
+        m.attributes.push(a);
         self.request(RouteNetlinkMessage::SetLink(m), 0)
             .map(|_| ())
             .map_err(|e| nl_err(NlOp::SetLink, index, e))
     }
 
+    /// Put a link in device group `group`.
+    pub fn set_group(&mut self, index: u32, group: u32) -> Result<()> {
+        self.set_attribute(index, LinkAttribute::Group(group))
+    }
+
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
+        self.set_attribute(index, LinkAttribute::Mtu(mtu))
+    }
+
+    /// Set a link down by index.
     pub fn set_down(&mut self, index: u32) -> Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
@@ -752,15 +761,6 @@ impl Netlink {
             return Ok(Some((Self::parse_link(&l), p)));
         }
         Ok(None)
-    }
-
-    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        m.attributes.push(LinkAttribute::Mtu(mtu));
-        self.request(RouteNetlinkMessage::SetLink(m), 0)
-            .map(|_| ())
-            .map_err(|e| nl_err(NlOp::SetLink, index, e))
     }
 
     /// Neighbour entries of `family` (Inet: ARP; Bridge: forwarding database), every link.

@@ -436,3 +436,149 @@ pub fn pause_bin() -> PathBuf {
     );
     p
 }
+
+/// Two nodes, each a [`Network`] with the config `conf(k)` (k = 1, 2), joined either by
+/// one link (`routed == false`: 10.0.0.1/24 and 10.0.0.2/24, both on `pwup0`) or through a
+/// router namespace (node k on 10.0.k.1/24 via `pwup0`, the router at 10.0.k.254, the
+/// nodes' default routes via it): the two kinds of node network `runtime-shim routes`
+/// serves. The nodes' InternalIPs are [`TwoNodes::address`].
+pub struct TwoNodes {
+    pub nodes: [Network; 2],
+    pub router: Option<Ns>,
+}
+
+impl TwoNodes {
+    pub fn new(tag: &str, routed: bool, conf: impl Fn(u8) -> serde_json::Value) -> TwoNodes {
+        let nodes = [
+            Network::new(&format!("{tag}1"), conf(1)),
+            Network::new(&format!("{tag}2"), conf(2)),
+        ];
+        if !routed {
+            ok(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    "pwup0",
+                    "netns",
+                    &nodes[0].node.node.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "pwup0",
+                    "netns",
+                    &nodes[1].node.node.name,
+                ],
+            );
+            for (k, n) in nodes.iter().enumerate() {
+                let me = &n.node.node;
+                me.ok(
+                    "ip",
+                    &[
+                        "addr",
+                        "add",
+                        &format!("10.0.0.{}/24", k + 1),
+                        "dev",
+                        "pwup0",
+                    ],
+                );
+                me.ok("ip", &["link", "set", "pwup0", "up"]);
+            }
+            return TwoNodes {
+                nodes,
+                router: None,
+            };
+        }
+        let router = Ns::new(&format!("{tag}r"));
+        router.ok("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        for (i, n) in nodes.iter().enumerate() {
+            let k = i + 1;
+            let peer = format!("pwr{k}");
+            ok(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    "pwup0",
+                    "netns",
+                    &n.node.node.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &peer,
+                    "netns",
+                    &router.name,
+                ],
+            );
+            let me = &n.node.node;
+            me.ok(
+                "ip",
+                &["addr", "add", &format!("10.0.{k}.1/24"), "dev", "pwup0"],
+            );
+            me.ok("ip", &["link", "set", "pwup0", "up"]);
+            me.ok(
+                "ip",
+                &["route", "add", "default", "via", &format!("10.0.{k}.254")],
+            );
+            router.ok(
+                "ip",
+                &["addr", "add", &format!("10.0.{k}.254/24"), "dev", &peer],
+            );
+            router.ok("ip", &["link", "set", &peer, "up"]);
+        }
+        TwoNodes {
+            nodes,
+            router: Some(router),
+        }
+    }
+
+    /// Node `k`'s (1 or 2) InternalIP.
+    pub fn address(&self, k: u8) -> String {
+        if self.router.is_some() {
+            format!("10.0.{k}.1")
+        } else {
+            format!("10.0.0.{k}")
+        }
+    }
+
+    /// Node `k`'s namespace.
+    pub fn node(&self, k: u8) -> &Ns {
+        &self.nodes[usize::from(k - 1)].node.node
+    }
+
+    /// A NodeList of nodes `which` (`node-<k>`, pod CIDR 10.244.<k>.0/24), written to
+    /// `dir`; its path.
+    pub fn nodes_file(&self, dir: &Path, which: &[u8]) -> PathBuf {
+        let items: Vec<serde_json::Value> = which
+            .iter()
+            .map(|k| {
+                serde_json::json!({"metadata": {"name": format!("node-{k}")},
+                       "spec": {"podCIDR": format!("10.244.{k}.0/24")},
+                       "status": {"addresses": [{"type": "InternalIP", "address": self.address(*k)}]}})
+            })
+            .collect();
+        let name: Vec<String> = which.iter().map(|k| k.to_string()).collect();
+        let path = dir.join(format!("nodes-{}.json", name.join("")));
+        std::fs::write(
+            &path,
+            serde_json::json!({"kind": "NodeList", "items": items}).to_string(),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// `runtime-shim routes --nodes FILE --node node-<k> --cluster-cidr CIDR --apply ARGS`
+    /// in node `k`.
+    pub fn routes(&self, k: u8, nodes: &Path, cluster: &str, args: &[&str]) -> Output {
+        let node = format!("node-{k}");
+        shim_in(self.node(k))
+            .args(["routes", "--nodes"])
+            .arg(nodes)
+            .args(["--node", &node, "--cluster-cidr", cluster, "--apply"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run runtime-shim: {e}"))
+    }
+}

@@ -14,8 +14,7 @@ use serde_json::{Value, json};
 const CLUSTER: &str = "10.244.0.0/16";
 
 struct Cluster {
-    nodes: [Network; 2],
-    router: Ns,
+    two: TwoNodes,
     dir: TempDir,
 }
 
@@ -29,89 +28,23 @@ fn node_conf(i: u8) -> Value {
 
 /// node-1 and node-2 on two subnets joined by a router; default routes via it.
 fn cluster(tag: &str) -> Cluster {
-    let nodes = [
-        Network::new(&format!("{tag}1"), node_conf(1)),
-        Network::new(&format!("{tag}2"), node_conf(2)),
-    ];
-    let router = Ns::new(&format!("{tag}r"));
-    router.ok("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-    for (i, n) in nodes.iter().enumerate() {
-        let k = i + 1;
-        let peer = format!("pwr{k}");
-        ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                "pwup0",
-                "netns",
-                &n.node.node.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &peer,
-                "netns",
-                &router.name,
-            ],
-        );
-        let me = &n.node.node;
-        me.ok(
-            "ip",
-            &["addr", "add", &format!("10.0.{k}.1/24"), "dev", "pwup0"],
-        );
-        me.ok("ip", &["link", "set", "pwup0", "up"]);
-        me.ok(
-            "ip",
-            &["route", "add", "default", "via", &format!("10.0.{k}.254")],
-        );
-        router.ok(
-            "ip",
-            &["addr", "add", &format!("10.0.{k}.254/24"), "dev", &peer],
-        );
-        router.ok("ip", &["link", "set", &peer, "up"]);
+    Cluster {
+        two: TwoNodes::new(tag, true, node_conf),
+        dir: TempDir::new(tag),
     }
-    let dir = TempDir::new(tag);
-    Cluster { nodes, router, dir }
 }
 
 impl Cluster {
-    /// A NodeList of the given nodes (1 and/or 2).
     fn nodes_file(&self, which: &[u8]) -> std::path::PathBuf {
-        let items: Vec<Value> = which
-            .iter()
-            .map(|k| {
-                json!({"metadata": {"name": format!("node-{k}")},
-                       "spec": {"podCIDR": format!("10.244.{k}.0/24")},
-                       "status": {"addresses": [{"type": "InternalIP", "address": format!("10.0.{k}.1")}]}})
-            })
-            .collect();
-        let name: Vec<String> = which.iter().map(|k| k.to_string()).collect();
-        let path = self
-            .dir
-            .path()
-            .join(format!("nodes-{}.json", name.join("")));
-        std::fs::write(
-            &path,
-            json!({"kind": "NodeList", "items": items}).to_string(),
-        )
-        .unwrap();
-        path
+        self.two.nodes_file(self.dir.path(), which)
     }
 
-    /// `runtime-shim routes --apply` on node `k` with `extra` arguments.
     fn routes(&self, k: u8, nodes: &Path, extra: &[&str]) -> Output {
-        let node = format!("node-{k}");
-        let mut c = shim_in(&self.nodes[usize::from(k - 1)].node.node);
-        c.args(["routes", "--nodes"])
-            .arg(nodes)
-            .args(["--node", &node, "--cluster-cidr", CLUSTER, "--apply"])
-            .args(extra);
-        c.output().unwrap()
+        self.two.routes(k, nodes, CLUSTER, extra)
     }
 
     fn node(&self, k: u8) -> &Ns {
-        &self.nodes[usize::from(k - 1)].node.node
+        self.two.node(k)
     }
 
     /// What the overlay is in node `k`'s kernel: routes, neighbours, FDB, the device.
@@ -202,12 +135,12 @@ fn vxlan_joins_pods_of_nodes_behind_a_router_and_reconciles() {
     assert!(s1.contains("inet 10.244.1.0/32"), "{s1}");
 
     // Pods on each node; HTTP both ways, each server seeing the client pod's own address.
-    let p1 = c.nodes[0].node.add_pod("a");
-    let p2 = c.nodes[1].node.add_pod("b");
-    let r1 = json_of(&c.nodes[0].setup(&c.nodes[0].node.pod(p1).path(), "pod-a"));
-    let r2 = json_of(&c.nodes[1].setup(&c.nodes[1].node.pod(p2).path(), "pod-b"));
+    let p1 = c.two.nodes[0].node.add_pod("a");
+    let p2 = c.two.nodes[1].node.add_pod("b");
+    let r1 = json_of(&c.two.nodes[0].setup(&c.two.nodes[0].node.pod(p1).path(), "pod-a"));
+    let r2 = json_of(&c.two.nodes[1].setup(&c.two.nodes[1].node.pod(p2).path(), "pod-b"));
     let (a, b) = (ip_of(&r1), ip_of(&r2));
-    let (pa, pb) = (c.nodes[0].node.pod(p1), c.nodes[1].node.pod(p2));
+    let (pa, pb) = (c.two.nodes[0].node.pod(p1), c.two.nodes[1].node.pod(p2));
     let _sa = http::serve_whoami(pa, &c.dir.path().join("a"), 8080);
     let _sb = http::serve_whoami(pb, &c.dir.path().join("b"), 8080);
     assert_eq!(
@@ -221,7 +154,8 @@ fn vxlan_joins_pods_of_nodes_behind_a_router_and_reconciles() {
         "node-1's pod sees pod b itself"
     );
     // The packets crossed the router as VXLAN: the router has no route to pod subnets.
-    assert!(!c.router.ok("ip", &["route"]).contains("10.244."));
+    let router = c.two.router.as_ref().unwrap();
+    assert!(!router.ok("ip", &["route"]).contains("10.244."));
 
     // A second run changes nothing.
     let s1 = c.state(1);

@@ -227,37 +227,24 @@ fn masquerade_lets_pods_reach_a_host_beyond_the_node_and_heals_on_the_next_add()
 fn non_masquerade_cidrs_keep_the_pod_address_across_nodes() {
     require_tool("busybox");
     // Two nodes on one link (10.0.0.1, 10.0.0.2), pod subnets 10.244.1.0/24 and
-    // 10.244.2.0/24 routed between them, ipMasq on with the cluster range exempt.
-    let conf = |i: u8| {
+    // 10.244.2.0/24 routed between them (`routes --apply`, host-gw), ipMasq on with the
+    // cluster range exempt.
+    let mut two = TwoNodes::new("nm", false, |i| {
         serde_json::json!({
             "bridge": "pwbr0", "isDefaultGateway": true, "ipMasq": true,
             "nonMasqueradeCIDRs": ["10.244.0.0/16"],
             "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.244.{i}.0/24")}]]}
         })
-    };
-    let mut n1 = Network::new("nm1", conf(1));
-    let mut n2 = Network::new("nm2", conf(2));
-    let c = n1.node.add_pod("client");
-    let s = n2.node.add_pod("server");
-    let (a, b) = (&n1.node.node, &n2.node.node);
-    ok(
-        "ip",
-        &[
-            "link", "add", "pwnode0", "netns", &a.name, "type", "veth", "peer", "name", "pwnode0",
-            "netns", &b.name,
-        ],
-    );
-    for (node, me, peer, i) in [
-        (a, "10.0.0.1", "10.244.2.0/24", "10.0.0.2"),
-        (b, "10.0.0.2", "10.244.1.0/24", "10.0.0.1"),
-    ] {
-        node.ok(
-            "ip",
-            &["addr", "add", &format!("{me}/24"), "dev", "pwnode0"],
-        );
-        node.ok("ip", &["link", "set", "pwnode0", "up"]);
-        node.ok("ip", &["route", "add", peer, "via", i]);
+    });
+    let list = two.nodes_file(two.nodes[0].dir.path(), &[1, 2]);
+    for k in [1, 2] {
+        let o = two.routes(k, &list, "10.244.0.0/16", &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+    let c = two.nodes[0].node.add_pod("client");
+    let s = two.nodes[1].node.add_pod("server");
+    let [n1, n2] = &two.nodes;
+    let b = &n2.node.node;
     let rc = n1.setup_pod(n1.node.pod(c), "client");
     let rs = n2.setup_pod(n2.node.pod(s), "server");
     let (client_ip, server_ip) = (ip_of(&rc, 0), ip_of(&rs, 0));

@@ -10,152 +10,41 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use podwire_testkit::{Network, Ns, ok, shim_in};
+use podwire_testkit::TwoNodes;
 use serde_json::json;
 
 const CLUSTER: &str = "10.244.0.0/16";
 
 struct Setup {
-    nodes: [Network; 2],
-    _router: Option<Ns>,
+    two: TwoNodes,
     /// Node 2's pod address (each node has one pod, index 0).
     server_ip: String,
     mtu: u32,
 }
 
-fn node_conf(i: u8, mtu: u32) -> serde_json::Value {
-    json!({
-        "bridge": "pwbr0", "isDefaultGateway": true, "ipMasq": true,
-        "nonMasqueradeCIDRs": [CLUSTER], "mtu": mtu,
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.244.{i}.0/24")}]]}
-    })
-}
-
 fn setup(vxlan: bool) -> Setup {
     let tag = if vxlan { "obx" } else { "obh" };
     // host-gw pods use the link's MTU; overlay pods 50 bytes less (docs/runtime-shim.md).
-    let mtu = if vxlan { 1450 } else { 1500 };
-    let mut nodes = [
-        Network::new(&format!("{tag}1"), node_conf(1, mtu)),
-        Network::new(&format!("{tag}2"), node_conf(2, mtu)),
-    ];
-    let router = if vxlan {
-        let r = Ns::new(&format!("{tag}r"));
-        r.ok("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        for (k, n) in nodes.iter().enumerate() {
-            let k = k + 1;
-            let peer = format!("pwr{k}");
-            ok(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    "pwup0",
-                    "netns",
-                    &n.node.node.name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &peer,
-                    "netns",
-                    &r.name,
-                ],
-            );
-            let me = &n.node.node;
-            me.ok(
-                "ip",
-                &["addr", "add", &format!("10.0.{k}.1/24"), "dev", "pwup0"],
-            );
-            me.ok("ip", &["link", "set", "pwup0", "up"]);
-            me.ok(
-                "ip",
-                &["route", "add", "default", "via", &format!("10.0.{k}.254")],
-            );
-            r.ok(
-                "ip",
-                &["addr", "add", &format!("10.0.{k}.254/24"), "dev", &peer],
-            );
-            r.ok("ip", &["link", "set", &peer, "up"]);
-        }
-        Some(r)
-    } else {
-        ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                "pwup0",
-                "netns",
-                &nodes[0].node.node.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "pwup0",
-                "netns",
-                &nodes[1].node.node.name,
-            ],
-        );
-        for (k, n) in nodes.iter().enumerate() {
-            let me = &n.node.node;
-            me.ok(
-                "ip",
-                &[
-                    "addr",
-                    "add",
-                    &format!("10.0.0.{}/24", k + 1),
-                    "dev",
-                    "pwup0",
-                ],
-            );
-            me.ok("ip", &["link", "set", "pwup0", "up"]);
-        }
-        None
-    };
-    let addr = |k: usize| {
-        if vxlan {
-            format!("10.0.{k}.1")
-        } else {
-            format!("10.0.0.{k}")
-        }
-    };
-    let items: Vec<serde_json::Value> = (1..=2)
-        .map(|k| {
-            json!({"metadata": {"name": format!("node-{k}")},
-                   "spec": {"podCIDR": format!("10.244.{k}.0/24")},
-                   "status": {"addresses": [{"type": "InternalIP", "address": addr(k)}]}})
+    let mtu: u32 = if vxlan { 1450 } else { 1500 };
+    let mut two = TwoNodes::new(tag, vxlan, |i| {
+        json!({
+            "bridge": "pwbr0", "isDefaultGateway": true, "ipMasq": true,
+            "nonMasqueradeCIDRs": [CLUSTER], "mtu": mtu,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.244.{i}.0/24")}]]}
         })
-        .collect();
-    let list = nodes[0].dir.path().join("nodes.json");
-    std::fs::write(&list, json!({"items": items}).to_string()).expect("write nodes.json");
-    for (k, n) in nodes.iter().enumerate() {
-        let name = format!("node-{}", k + 1);
-        let mut args = vec![
-            "routes",
-            "--nodes",
-            list.to_str().unwrap_or_default(),
-            "--node",
-            &name,
-            "--cluster-cidr",
-            CLUSTER,
-            "--apply",
-        ];
-        if vxlan {
-            args.extend(["--backend", "vxlan"]);
-        }
-        let o = shim_in(&n.node.node)
-            .args(&args)
-            .output()
-            .expect("runtime-shim");
+    });
+    let list = two.nodes_file(two.nodes[0].dir.path(), &[1, 2]);
+    let backend: &[&str] = if vxlan { &["--backend", "vxlan"] } else { &[] };
+    for k in [1, 2] {
+        let o = two.routes(k, &list, CLUSTER, backend);
         assert!(
             o.status.success(),
-            "routes on {name}: {}",
+            "routes on node-{k}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
     }
     let mut ips = Vec::new();
-    for (k, n) in nodes.iter_mut().enumerate() {
+    for (k, n) in two.nodes.iter_mut().enumerate() {
         let p = n.node.add_pod(&format!("p{k}"));
         let path = n.node.pod(p).path();
         let o = n.setup(&path, &format!("bench{k}"));
@@ -165,8 +54,7 @@ fn setup(vxlan: bool) -> Setup {
         ips.push(a.split('/').next().unwrap_or_default().to_string());
     }
     Setup {
-        nodes,
-        _router: router,
+        two,
         server_ip: ips[1].clone(),
         mtu,
     }
@@ -174,8 +62,8 @@ fn setup(vxlan: bool) -> Setup {
 
 /// One bounded transfer from node 1's pod to node 2's: Gbit/s at the receiver.
 fn transfer(s: &Setup, bytes: u64) -> f64 {
-    let server = &s.nodes[1].node.pod(0).ns;
-    let client = &s.nodes[0].node.pod(0).ns;
+    let server = &s.two.nodes[1].node.pod(0).ns;
+    let client = &s.two.nodes[0].node.pod(0).ns;
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::scope(|sc| {
         let rx = sc.spawn(move || {
@@ -247,7 +135,7 @@ fn main() {
         x.push(transfer(&vxlan, bytes));
     }
     // The vxlan transfers did cross the overlay device (the router has no pod route).
-    let stats = vxlan.nodes[0]
+    let stats = vxlan.two.nodes[0]
         .node
         .node
         .ok("ip", &["-j", "-s", "link", "show", "flannel.1"]);
