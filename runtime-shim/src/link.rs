@@ -619,6 +619,12 @@ impl Netlink {
     /// routes to other nodes' pod subnets), marked `proto` [`PODWIRE_ROUTE_PROTO`].
     /// Idempotent. Callers check first that `dst` is not a route of someone else's.
     pub fn replace_route_via(&mut self, dst: IpNet, gw: IpAddr) -> Result<()> {
+        self.replace_podwire_route(dst, gw, None)
+    }
+
+    /// podwire's route to `dst` via `gw`; with `onlink`, on that link whatever its
+    /// addresses say (an overlay's VTEP).
+    fn replace_podwire_route(&mut self, dst: IpNet, gw: IpAddr, onlink: Option<u32>) -> Result<()> {
         let mut m = RouteMessage::default();
         m.header.address_family = family(dst.addr());
         m.header.destination_prefix_length = dst.prefix_len();
@@ -631,12 +637,19 @@ impl Netlink {
                 .push(RouteAttribute::Destination(route_addr(dst.addr())));
         }
         m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
+        if let Some(oif) = onlink {
+            m.header.flags = RouteFlags::Onlink;
+            m.attributes.push(RouteAttribute::Oif(oif));
+        }
         self.request(
             RouteNetlinkMessage::NewRoute(m),
             NLM_F_CREATE | NLM_F_REPLACE,
         )
         .map(|_| ())
-        .map_err(|e| nl_err(NlOp::ReplaceRoute, format!("{dst} via {gw}"), e))
+        .map_err(|e| {
+            let how = if onlink.is_some() { " onlink" } else { "" };
+            nl_err(NlOp::ReplaceRoute, format!("{dst} via {gw}{how}"), e)
+        })
     }
 
     /// Delete podwire's route to `dst` (only one carrying [`PODWIRE_ROUTE_PROTO`]: the
@@ -886,24 +899,7 @@ impl Netlink {
     /// gateway is reached through the link whatever its addresses say: an overlay's
     /// VTEP), `proto` [`PODWIRE_ROUTE_PROTO`].
     pub fn replace_route_onlink(&mut self, dst: IpNet, gw: IpAddr, oif: u32) -> Result<()> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = family(dst.addr());
-        m.header.destination_prefix_length = dst.prefix_len();
-        m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = RouteProtocol::Other(PODWIRE_ROUTE_PROTO);
-        m.header.scope = RouteScope::Universe;
-        m.header.kind = RouteType::Unicast;
-        m.header.flags = RouteFlags::Onlink;
-        m.attributes
-            .push(RouteAttribute::Destination(route_addr(dst.addr())));
-        m.attributes.push(RouteAttribute::Gateway(route_addr(gw)));
-        m.attributes.push(RouteAttribute::Oif(oif));
-        self.request(
-            RouteNetlinkMessage::NewRoute(m),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(|_| ())
-        .map_err(|e| nl_err(NlOp::ReplaceRoute, format!("{dst} via {gw} onlink"), e))
+        self.replace_podwire_route(dst, gw, Some(oif))
     }
 
     /// Routes of the main table, both families.

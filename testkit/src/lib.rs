@@ -453,38 +453,23 @@ impl TwoNodes {
             Network::new(&format!("{tag}1"), conf(1)),
             Network::new(&format!("{tag}2"), conf(2)),
         ];
-        if !routed {
+        // A veth `pwup0` in `node` with `addr`, up; its peer `peer` in namespace `other`.
+        let uplink = |node: &Ns, other: &str, peer: &str, addr: &str| {
             ok(
                 "ip",
                 &[
-                    "link",
-                    "add",
-                    "pwup0",
-                    "netns",
-                    &nodes[0].node.node.name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "pwup0",
-                    "netns",
-                    &nodes[1].node.node.name,
+                    "link", "add", "pwup0", "netns", &node.name, "type", "veth", "peer", "name",
+                    peer, "netns", other,
                 ],
             );
-            for (k, n) in nodes.iter().enumerate() {
-                let me = &n.node.node;
-                me.ok(
-                    "ip",
-                    &[
-                        "addr",
-                        "add",
-                        &format!("10.0.0.{}/24", k + 1),
-                        "dev",
-                        "pwup0",
-                    ],
-                );
-                me.ok("ip", &["link", "set", "pwup0", "up"]);
-            }
+            node.ok("ip", &["addr", "add", addr, "dev", "pwup0"]);
+            node.ok("ip", &["link", "set", "pwup0", "up"]);
+        };
+        let (a, b) = (&nodes[0].node.node, &nodes[1].node.node);
+        if !routed {
+            uplink(a, &b.name, "pwup0", "10.0.0.1/24");
+            b.ok("ip", &["addr", "add", "10.0.0.2/24", "dev", "pwup0"]);
+            b.ok("ip", &["link", "set", "pwup0", "up"]);
             return TwoNodes {
                 nodes,
                 router: None,
@@ -492,32 +477,9 @@ impl TwoNodes {
         }
         let router = Ns::new(&format!("{tag}r"));
         router.ok("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        for (i, n) in nodes.iter().enumerate() {
-            let k = i + 1;
+        for (k, me) in [(1, a), (2, b)] {
             let peer = format!("pwr{k}");
-            ok(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    "pwup0",
-                    "netns",
-                    &n.node.node.name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &peer,
-                    "netns",
-                    &router.name,
-                ],
-            );
-            let me = &n.node.node;
-            me.ok(
-                "ip",
-                &["addr", "add", &format!("10.0.{k}.1/24"), "dev", "pwup0"],
-            );
-            me.ok("ip", &["link", "set", "pwup0", "up"]);
+            uplink(me, &router.name, &peer, &format!("10.0.{k}.1/24"));
             me.ok(
                 "ip",
                 &["route", "add", "default", "via", &format!("10.0.{k}.254")],
