@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 pub mod model;
 pub mod names;
+pub mod nftables;
 pub mod proxier;
 pub mod render;
 pub mod rules;

@@ -10,7 +10,9 @@ use std::process::{Command, ExitCode, Stdio};
 
 use clap::Parser;
 use ipnet::IpNet;
-use iptables_gen::{Config, Error, Family, LocalDetector, Result, SyncPlan, model, render, state};
+use iptables_gen::{
+    Config, Error, Family, LocalDetector, Result, SyncPlan, model, nftables, render, state,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -78,9 +80,19 @@ struct Cli {
     /// Reject the whole input if any object fails validation.
     #[arg(long)]
     strict: bool,
-    /// Run iptables-restore (ip6tables-restore) and ensure the jump rules.
+    /// Run iptables-restore (ip6tables-restore) and ensure the jump rules; with
+    /// `--backend nftables`, `nft -f` (one transaction). A full sync also removes the
+    /// other backend's rules, as kube-proxy does when it switches modes.
     #[arg(long)]
     apply: bool,
+    /// iptables (kube-proxy's iptables mode) or nftables (its nftables mode: table
+    /// `ip kube-proxy` / `ip6 kube-proxy`).
+    #[arg(long, value_enum, default_value_t = Backend::Iptables)]
+    backend: Backend,
+    /// Remove everything either backend installed (iptables chains and jumps, the
+    /// nftables tables) for --ip-family, and exit.
+    #[arg(long)]
+    cleanup: bool,
     /// Remember what was applied; later runs write only what changed.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -265,6 +277,13 @@ fn build_config(cli: &Cli) -> Result<Config> {
     Ok(c)
 }
 
+/// Which ruleset to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Iptables,
+    Nftables,
+}
+
 fn tools(f: Family) -> (&'static str, &'static str, &'static str) {
     match f {
         Family::V4 => ("iptables", "iptables-restore", "iptables-save"),
@@ -272,9 +291,140 @@ fn tools(f: Family) -> (&'static str, &'static str, &'static str) {
     }
 }
 
+/// Where executed tools may live: fixed system directories, never `$PATH` or the working
+/// directory (this runs as root).
+const TOOL_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+fn tool(name: &str) -> Result<String> {
+    TOOL_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .ok_or_else(|| Error::Command {
+            cmd: name.into(),
+            status: "not found".into(),
+            stderr: format!("{name} is not installed in {}", TOOL_DIRS.join(", ")),
+        })
+}
+
+/// The per-service chains and affinity sets of this family's nftables table (none if
+/// there is no table).
+fn nft_existing(f: Family) -> Result<BTreeSet<String>> {
+    let x = if f == Family::V4 { "ip" } else { "ip6" };
+    let nft = tool("nft")?;
+    let mut out = BTreeSet::new();
+    for what in ["chains", "sets"] {
+        let text = match run_cmd(&nft, &["list", what, x], None) {
+            Ok(t) => t,
+            Err(_) => continue,
+        };
+        let mut in_table = false;
+        for l in text.lines() {
+            let l = l.trim();
+            if let Some(rest) = l.strip_prefix("table ") {
+                in_table = rest.trim_end_matches(" {") == format!("{x} {}", nftables::TABLE);
+            } else if in_table {
+                let name = l
+                    .strip_prefix("chain ")
+                    .or_else(|| l.strip_prefix("set "))
+                    .map(|n| n.trim_end_matches(" {"));
+                if let Some(n) = name {
+                    if nftables::is_service_chain(n) || n.starts_with("affinity-") {
+                        out.insert(n.to_string());
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The chains the iptables backend writes (besides the per-service ones).
+const IPTABLES_CHAINS: [(&str, &str); 9] = [
+    ("filter", "KUBE-SERVICES"),
+    ("filter", "KUBE-EXTERNAL-SERVICES"),
+    ("filter", "KUBE-FORWARD"),
+    ("filter", "KUBE-NODEPORTS"),
+    ("filter", "KUBE-PROXY-FIREWALL"),
+    ("nat", "KUBE-SERVICES"),
+    ("nat", "KUBE-NODEPORTS"),
+    ("nat", "KUBE-POSTROUTING"),
+    ("nat", "KUBE-MARK-MASQ"),
+];
+
+/// Remove the iptables backend's rules: the jumps to its chains, then the chains, one
+/// `iptables-restore --noflush` per table (all or nothing). `KUBE-FIREWALL` goes only if
+/// it holds nothing but our localhost-NodePort rule (the kubelet writes one of that name).
+fn iptables_cleanup(f: Family) -> Result<()> {
+    let (_, restore, save) = tools(f);
+    let (restore, save) = (tool(restore)?, tool(save)?);
+    for table in ["filter", "nat"] {
+        let text = run_cmd(&save, &["-t", table], None)?;
+        let firewall_ours = table == "filter"
+            && text
+                .lines()
+                .filter(|l| l.starts_with("-A KUBE-FIREWALL "))
+                .all(|l| l.contains("block incoming localnet connections"));
+        let ours = |c: &str| {
+            IPTABLES_CHAINS.iter().any(|(t, n)| *t == table && *n == c)
+                || (c == "KUBE-FIREWALL" && firewall_ours)
+                || iptables_gen::names::SERVICE_CHAIN_PREFIXES
+                    .iter()
+                    .any(|p| c.starts_with(p))
+        };
+        let chains: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|c| ours(c))
+            .collect();
+        if chains.is_empty() {
+            continue;
+        }
+        let mut input = format!("*{table}\n");
+        for l in text.lines().filter(|l| l.starts_with("-A ")) {
+            let mut w = l.split_whitespace();
+            let from = w.nth(1).unwrap_or("");
+            let to = l
+                .split(" -j ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .unwrap_or("");
+            if !ours(from) && ours(to) {
+                input.push_str("-D ");
+                input.push_str(&l[3..]);
+                input.push('\n');
+            }
+        }
+        for c in &chains {
+            input.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for c in &chains {
+            input.push_str(&format!("-X {c}\n"));
+        }
+        input.push_str("COMMIT\n");
+        run_cmd(&restore, &["-w", "5", "--noflush"], Some(input.as_bytes()))?;
+    }
+    Ok(())
+}
+
+/// Remove the nftables backend's table of family `f` (absent: nothing to do).
+fn nft_cleanup(f: Family) -> Result<()> {
+    let x = if f == Family::V4 { "ip" } else { "ip6" };
+    let text = format!(
+        "add table {x} {t}\ndelete table {x} {t}\n",
+        t = nftables::TABLE
+    );
+    run_cmd(&tool("nft")?, &["-f", "-"], Some(text.as_bytes())).map(|_| ())
+}
+
 /// iptables >= 1.6.2 has --random-fully (kube-proxy's HasRandomFully).
 fn host_has_random_fully(f: Family) -> bool {
-    let Ok(out) = Command::new(tools(f).0).arg("--version").output() else {
+    let Ok(bin) = tool(tools(f).0) else {
+        return false;
+    };
+    let Ok(out) = Command::new(bin).arg("--version").output() else {
         return false;
     };
     let text = String::from_utf8_lossy(&out.stdout);
@@ -287,7 +437,10 @@ fn host_has_random_fully(f: Family) -> bool {
 
 /// This host's addresses, from `ip -o addr` (only needed for nodePortAddresses).
 fn host_addresses() -> Vec<IpAddr> {
-    let Ok(out) = Command::new("ip").args(["-o", "addr", "show"]).output() else {
+    let Ok(ip) = tool("ip") else {
+        return Vec::new();
+    };
+    let Ok(out) = Command::new(ip).args(["-o", "addr", "show"]).output() else {
         return Vec::new();
     };
     String::from_utf8_lossy(&out.stdout)
@@ -424,7 +577,8 @@ const JUMPS: &[(&str, &str, &str, &str, &str)] = &[
 ];
 
 fn ensure_jumps(cfg: &Config) -> Result<()> {
-    let ipt = tools(cfg.family).0;
+    let ipt = tool(tools(cfg.family).0)?;
+    let ipt = ipt.as_str();
     let mut jumps: Vec<(&str, &str, &str, &str, &str)> = JUMPS.to_vec();
     if cfg.family == Family::V4 && cfg.localhost_nodeports {
         jumps.push(("filter", "INPUT", "KUBE-FIREWALL", "", ""));
@@ -462,7 +616,7 @@ fn ensure_jumps(cfg: &Config) -> Result<()> {
 
 /// Per-service chains the kernel's nat table holds (kube-proxy's basis for `-X`).
 fn kernel_service_chains(f: Family) -> Result<BTreeSet<String>> {
-    let text = run_cmd(tools(f).2, &["-t", "nat"], None)?;
+    let text = run_cmd(&tool(tools(f).2)?, &["-t", "nat"], None)?;
     Ok(text
         .lines()
         .filter_map(|l| l.strip_prefix(':'))
@@ -508,12 +662,49 @@ fn read_inputs(files: &[PathBuf]) -> Result<model::Objects> {
 
 fn run(cli: Cli) -> Result<()> {
     let family = cli.ip_family;
+    let nft = cli.backend == Backend::Nftables;
+    // Each backend keeps its own state: one never passes for the other's.
+    let state_dir = cli
+        .state_dir
+        .as_ref()
+        .map(|d| if nft { d.join("nftables") } else { d.clone() });
+    if let Some(d) = state_dir.as_ref().filter(|_| nft) {
+        std::fs::create_dir_all(d).map_err(|e| Error::Io {
+            op: "create",
+            path: d.display().to_string(),
+            source: e,
+        })?;
+    }
     if cli.commit {
-        let dir = cli
-            .state_dir
+        let dir = state_dir
             .as_deref()
             .ok_or_else(|| opt_err("--commit", "needs --state-dir"))?;
         return state::commit(dir, family);
+    }
+    if cli.cleanup {
+        // Everything of both backends, whichever was used; a tool that is not installed
+        // means that backend installed nothing.
+        let mut first = None;
+        if tool(tools(family).1).is_ok() {
+            if let Err(e) = iptables_cleanup(family) {
+                first.get_or_insert(e);
+            }
+        }
+        if tool("nft").is_ok() {
+            if let Err(e) = nft_cleanup(family) {
+                first.get_or_insert(e);
+            }
+        }
+        for d in [
+            cli.state_dir.clone(),
+            cli.state_dir.as_ref().map(|d| d.join("nftables")),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            state::invalidate(&d, family);
+        }
+        return first.map_or(Ok(()), Err);
     }
     let cfg = build_config(&cli)?;
     let objs = read_inputs(&cli.files)?;
@@ -526,7 +717,7 @@ fn run(cli: Cli) -> Result<()> {
             first: objs.rejected[0].clone(),
         });
     }
-    let prev = match &cli.state_dir {
+    let prev = match &state_dir {
         Some(d) => match state::load(d, cfg.family) {
             Ok(s) => s,
             Err(e) => {
@@ -545,49 +736,92 @@ fn run(cli: Cli) -> Result<()> {
         ..Default::default()
     };
     if cli.apply {
-        plan.existing_chains
-            .extend(kernel_service_chains(cfg.family)?);
+        plan.existing_chains.extend(if nft {
+            nft_existing(cfg.family)?
+        } else {
+            kernel_service_chains(cfg.family)?
+        });
     }
-    let g = iptables_gen::generate(&cfg, &objs, &plan);
+    let g = if nft {
+        nftables::generate(&cfg, &objs, &plan)
+    } else {
+        iptables_gen::generate(&cfg, &objs, &plan)
+    };
+    // The nftables generator decides full or partial from the state's fingerprint too.
+    let full = plan.full || (nft && g.full);
     for w in &g.warnings {
         eprintln!("iptables-gen: {w}");
     }
     let st = &g.state;
     if cli.apply {
-        if plan.full {
-            ensure_jumps(&cfg)?;
-        }
-        let restore = tools(cfg.family).1;
-        match run_cmd(
-            restore,
-            &["-w", "5", "--noflush", "--counters"],
-            Some(g.text.as_bytes()),
-        ) {
+        let applied = if nft {
+            run_cmd(&tool("nft")?, &["-f", "-"], Some(g.text.as_bytes()))
+        } else {
+            if plan.full {
+                ensure_jumps(&cfg)?;
+            }
+            run_cmd(
+                &tool(tools(cfg.family).1)?,
+                &["-w", "5", "--noflush", "--counters"],
+                Some(g.text.as_bytes()),
+            )
+        };
+        match applied {
             Ok(_) => {
-                if let Some(d) = &cli.state_dir {
+                if let Some(d) = &state_dir {
                     state::save_pending(d, cfg.family, st)?;
                     state::commit(d, cfg.family)?;
                 }
+                if !g.cleanup.is_empty() {
+                    // Chains flushed by the main transaction; an older kernel may refuse
+                    // to delete them yet (they stay empty; the next full sync removes them).
+                    if let Err(e) = run_cmd(&tool("nft")?, &["-f", "-"], Some(g.cleanup.as_bytes()))
+                    {
+                        eprintln!(
+                            "iptables-gen: stale chains left flushed: {}",
+                            iptables_gen::error_chain(&e)
+                        );
+                    }
+                }
+                if plan.full {
+                    // Switching backends: the other one's rules go, as in kube-proxy.
+                    let other = if nft {
+                        tool(tools(cfg.family).1).and_then(|_| iptables_cleanup(cfg.family))
+                    } else {
+                        tool("nft").and_then(|_| nft_cleanup(cfg.family))
+                    };
+                    if let Err(e) = other {
+                        eprintln!(
+                            "iptables-gen: could not remove the other backend's rules: {}",
+                            iptables_gen::error_chain(&e)
+                        );
+                    }
+                }
                 eprintln!(
-                    "iptables-gen: applied {} sync: {} service(s) written, {} chain(s) deleted",
-                    if plan.full { "full" } else { "partial" },
+                    "iptables-gen: applied {} sync: {} service(s) written, {} chain(s) deleted{}",
+                    if full { "full" } else { "partial" },
                     g.written_services,
-                    g.deleted_chains.len()
+                    g.deleted_chains.len(),
+                    if nft { " (nftables)" } else { "" }
                 );
             }
             Err(e) => {
-                if let Some(d) = &cli.state_dir {
+                if let Some(d) = &state_dir {
                     state::invalidate(d, cfg.family);
                 }
                 return Err(e);
             }
         }
     } else {
-        if let Some(d) = &cli.state_dir {
+        if let Some(d) = &state_dir {
             state::save_pending(d, cfg.family, st)?;
         }
-        let text = if cli.normalize {
+        let text = if cli.normalize && !nft {
             render::normalize(&g.text)?
+        } else if nft {
+            // One input for `nft -f`: the deletions of flushed chains last (kernels
+            // before 6.2 refuse them in the same transaction: use --apply there).
+            format!("{}{}", g.text, g.cleanup)
         } else {
             g.text
         };

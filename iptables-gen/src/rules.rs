@@ -41,6 +41,9 @@ pub struct ServiceState {
     /// Its lines in the shared chains (filter, nat), kept in memory between syncs so an
     /// unchanged service costs a copy; a state read from disk has none and re-renders them.
     pub shared: Option<(String, String)>,
+    /// nftables backend: its set and map elements, `MAP<TAB>ELEMENT` (deleted when it
+    /// changes or goes).
+    pub elements: Vec<String>,
 }
 
 /// What to write this time.
@@ -77,6 +80,11 @@ pub struct Generated {
     pub large_cluster: bool,
     /// Problems found in the input (skipped IPs, ...), for stderr.
     pub warnings: Vec<String>,
+    /// nftables backend: a second transaction, run after `text`, deleting the chains
+    /// `text` flushed (not possible in the same transaction before Linux 6.2).
+    pub cleanup: String,
+    /// Every service was written (not a partial sync).
+    pub full: bool,
 }
 
 impl Generated {
@@ -166,7 +174,7 @@ impl LocalDetector {
     }
 }
 
-fn random_seed() -> [u64; 2] {
+pub(crate) fn random_seed() -> [u64; 2] {
     use std::hash::BuildHasher;
     // RandomState's keys come from the OS's random source.
     let r = std::collections::hash_map::RandomState::new();
@@ -245,7 +253,7 @@ impl Hasher for StableDigest {
 /// write (what kube-proxy's watch reacts to): when the service and all its slices have
 /// one, the names and those are the digest (O(objects)); otherwise the whole content is
 /// (O(endpoints)).
-fn group_digest(seed: [u64; 2], g: &Group) -> u64 {
+pub(crate) fn group_digest(seed: [u64; 2], g: &Group) -> u64 {
     let mut h = StableDigest::keyed(seed);
     let versioned = g
         .service
@@ -280,7 +288,7 @@ fn group_digest(seed: [u64; 2], g: &Group) -> u64 {
 
 /// Settings that change per-service text, and large-cluster mode (their JSON, digested as
 /// above with a zero key).
-fn config_fingerprint(cfg: &Config, large: bool) -> u64 {
+pub(crate) fn config_fingerprint(cfg: &Config, large: bool) -> u64 {
     let mut h = StableDigest::keyed([0, 0]);
     h.field(&serde_json::to_vec(cfg).unwrap_or_default());
     h.write_u8(u8::from(large));
@@ -519,6 +527,7 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
             order: order[i].map(|(a, b)| (a.to_string(), b.to_string())),
             chains,
             shared: Some((f.0, n.0)),
+            elements: Vec::new(),
         };
         out.state.services.insert(k, Arc::new(st));
     }

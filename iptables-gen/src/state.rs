@@ -66,12 +66,56 @@ pub fn render(st: &SyncState, f: Family) -> String {
             encode(proto)
         );
         for c in &s.chains {
-            out.push_str("c ");
-            out.push_str(c);
+            // iptables chains as they are; nftables names (with '/') encoded.
+            if c.starts_with("KUBE-") {
+                out.push_str("c ");
+                out.push_str(c);
+            } else {
+                out.push_str("n ");
+                out.push_str(&encode(c));
+            }
+            out.push('\n');
+        }
+        for e in &s.elements {
+            out.push_str("e ");
+            out.push_str(&encode(e));
             out.push('\n');
         }
     }
     out
+}
+
+/// An nftables per-service chain or affinity set name as the backend writes them: what
+/// reaches `nft` from the state must not be able to carry a second command.
+fn nft_object_name(v: &str) -> bool {
+    let prefixed = [
+        "service-",
+        "local-",
+        "external-",
+        "firewall-",
+        "endpoint-",
+        "affinity-",
+    ]
+    .iter()
+    .any(|p| v.starts_with(p));
+    prefixed
+        && v.len() <= 256
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-'))
+}
+
+/// An element record: `MAP<TAB>key[ comment "…"][ : verdict]` of printable ASCII with no
+/// braces, semicolons or newlines.
+fn nft_element(v: &str) -> bool {
+    let Some((map, el)) = v.split_once('\t') else {
+        return false;
+    };
+    !map.is_empty()
+        && map.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        && !el.is_empty()
+        && el
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && !matches!(b, b'{' | b'}' | b';' | b'\\'))
 }
 
 /// A token of the file: no whitespace, no quote, nothing that could reach a rule oddly.
@@ -174,6 +218,7 @@ pub fn parse(text: &str, f: Family, path: &Path) -> Result<SyncState> {
                         order,
                         chains: Vec::new(),
                         shared: None,
+                        elements: Vec::new(),
                     },
                 ));
             }
@@ -186,6 +231,26 @@ pub fn parse(text: &str, f: Family, path: &Path) -> Result<SyncState> {
                     return Err(corrupt(format!("line {n}: chain before any service")));
                 };
                 s.chains.push(c.to_string());
+            }
+            // nftables backend: a chain or affinity set, and an element (`MAP<TAB>ELEMENT`).
+            Some(kind @ ("n" | "e")) => {
+                let v = t.next().and_then(decode).unwrap_or_default();
+                let ok = if kind == "n" {
+                    nft_object_name(&v)
+                } else {
+                    nft_element(&v)
+                };
+                if !ok || t.next().is_some() {
+                    return Err(corrupt(format!("line {n}: bad nftables record")));
+                }
+                let Some((_, s)) = cur.as_mut() else {
+                    return Err(corrupt(format!("line {n}: record before any service")));
+                };
+                if kind == "n" {
+                    s.chains.push(v);
+                } else {
+                    s.elements.push(v);
+                }
             }
             _ => return Err(corrupt(format!("line {n}: unknown record"))),
         }

@@ -63,11 +63,45 @@ fn save(node: &Ns) -> String {
     out
 }
 
+/// What a backend put in the kernel, for "nothing changed" comparisons.
+fn snapshot(node: &Ns, nft: bool) -> String {
+    if nft {
+        node.ok("nft", &["list", "table", "ip", "kube-proxy"])
+    } else {
+        save(node)
+    }
+}
+
+/// The endpoint (DNAT) chains a backend has.
+fn endpoint_chains(node: &Ns, nft: bool) -> usize {
+    if nft {
+        node.ok("nft", &["list", "table", "ip", "kube-proxy"])
+            .lines()
+            .filter(|l| l.trim_start().starts_with("chain endpoint-"))
+            .count()
+    } else {
+        node.ok("iptables", &["-t", "nat", "-S"])
+            .matches("-j KUBE-SEP-")
+            .count()
+    }
+}
+
 #[test]
 fn cluster_ip_nodeport_reject_and_partial_sync() {
+    cluster_ip_nodeport_reject_and_partial_sync_with(false);
+}
+
+#[test]
+fn cluster_ip_nodeport_reject_and_partial_sync_on_nftables() {
+    cluster_ip_nodeport_reject_and_partial_sync_with(true);
+}
+
+fn cluster_ip_nodeport_reject_and_partial_sync_with(nft: bool) {
     require_tool("busybox");
-    let mut node = Node::new("svc");
-    let dir = TempDir::new("svc");
+    require_tool("nft");
+    let tag = if nft { "svcn" } else { "svc" };
+    let mut node = Node::new(tag);
+    let dir = TempDir::new(tag);
     let net = dir.path().join("net.json");
     std::fs::write(
         &net,
@@ -134,6 +168,9 @@ fn cluster_ip_nodeport_reject_and_partial_sync() {
             "--state-dir",
             state.to_str().unwrap(),
         ];
+        if nft {
+            a.extend(["--backend", "nftables"]);
+        }
         a.extend_from_slice(extra);
         node.node.run(bin("iptables-gen").to_str().unwrap(), &a)
     };
@@ -149,14 +186,23 @@ fn cluster_ip_nodeport_reject_and_partial_sync() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("applied full sync"));
-    let nat = node.node.ok("iptables", &["-t", "nat", "-S"]);
-    assert!(
-        nat.contains(
-            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
-        ),
-        "{nat}"
-    );
-    assert_eq!(nat.matches("-j KUBE-SEP-").count(), 2, "{nat}");
+    if nft {
+        let t = node.node.ok("nft", &["list", "table", "ip", "kube-proxy"]);
+        assert!(t.contains("jump services"), "{t}");
+        // Named maps only: no anonymous set anywhere (kube-proxy's numgen vmaps).
+        assert!(!t.contains("vmap {"), "{t}");
+        let nat = node.node.ok("iptables", &["-t", "nat", "-S"]);
+        assert!(!nat.contains("KUBE-"), "no iptables backend rules: {nat}");
+    } else {
+        let nat = node.node.ok("iptables", &["-t", "nat", "-S"]);
+        assert!(
+            nat.contains(
+                "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+            ),
+            "{nat}"
+        );
+    }
+    assert_eq!(endpoint_chains(&node.node, nft), 2);
 
     // 200 requests to the ClusterIP reach both backends, each at least 25%.
     let t = tally(client, 200);
@@ -177,18 +223,22 @@ fn cluster_ip_nodeport_reject_and_partial_sync() {
     );
 
     // Applying the same input again changes nothing.
-    let before = save(&node.node);
+    let before = snapshot(&node.node, nft);
     let out = apply(&[]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("partial sync: 0 service(s) written"));
     assert_eq!(
         before,
-        save(&node.node),
-        "a repeated apply must leave iptables-save unchanged"
+        snapshot(&node.node, nft),
+        "a repeated apply must leave the rules unchanged"
     );
     let out = apply(&["--full"]);
     assert!(out.status.success());
-    assert_eq!(before, save(&node.node), "a repeated full apply too");
+    assert_eq!(
+        before,
+        snapshot(&node.node, nft),
+        "a repeated full apply too"
+    );
 
     // Backend b's EndpointSlice entry goes away: a partial sync sends everything to a.
     std::fs::write(&input, services_json(&[(names[0], ips[0].clone())])).unwrap();
@@ -201,13 +251,22 @@ fn cluster_ip_nodeport_reject_and_partial_sync() {
     );
     let t = tally(client, 50);
     assert_eq!(t.get(names[0]).copied(), Some(50), "{t:?}");
-    assert_eq!(
-        node.node
-            .ok("iptables", &["-t", "nat", "-S"])
-            .matches("-j KUBE-SEP-")
-            .count(),
-        1
+    assert_eq!(endpoint_chains(&node.node, nft), 1);
+
+    // --cleanup removes everything either backend installed.
+    let out = node.node.run(
+        bin("iptables-gen").to_str().unwrap(),
+        &["--cleanup", "--state-dir", state.to_str().unwrap()],
     );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nat = node.node.ok("iptables-save", &[]);
+    assert!(!nat.contains("KUBE-"), "{nat}");
+    let tables = node.node.ok("nft", &["list", "tables"]);
+    assert!(!tables.contains("kube-proxy"), "{tables}");
 }
 
 #[test]
