@@ -9,6 +9,7 @@
 //!   endpoint is chosen with probability 1/N, as in iptables mode's statistic rules;
 //! - LoadBalancerSourceRanges are one `return` rule per range (and per VIP when a range
 //!   holds the node IP) and a final `drop`, instead of an anonymous `saddr != { … }` set.
+//!
 //! So the ruleset holds named sets and maps only.
 //!
 //! Syncs: a full sync rewrites every chain and every set/map element (affinity sets are

@@ -345,6 +345,7 @@ mod tests {
                 order: Some(("p q".into(), "tcp".into())),
                 chains: vec!["KUBE-SVC-ABC".into()],
                 shared: None,
+                elements: Vec::new(),
             }),
         );
         let text = render(&st, Family::V4);
@@ -374,6 +375,7 @@ mod tests {
                 order: Some(("ns/a:http".into(), "tcp".into())),
                 chains: vec!["KUBE-SVC-AAAAAAAAAAAAAAAA".into()],
                 shared: None,
+                elements: Vec::new(),
             }),
         );
         st.services.insert(
@@ -391,6 +393,40 @@ mod tests {
             && a.fingerprint == b.fingerprint
             && a.services.len() == b.services.len()
             && a.services.iter().all(|(k, v)| b.services.get(k) == Some(v))
+    }
+
+    #[test]
+    fn nftables_records_round_trip_and_cannot_carry_a_command() {
+        let mut st = SyncState::default();
+        st.services.insert(
+            Arc::from("ns/web"),
+            Arc::new(ServiceState {
+                digest: 7,
+                chains: vec![
+                    "service-ULMVA6XW-ns/web/tcp/p80".into(),
+                    "affinity-GTK6MW7G-ns/web/tcp/p80__10.0.0.1/80".into(),
+                ],
+                elements: vec![
+                    "no-endpoint-services\t10.0.0.1 . tcp . 80 comment \"ns/web:p80\" : drop"
+                        .into(),
+                ],
+                ..Default::default()
+            }),
+        );
+        let text = render(&st, Family::V4);
+        let back = parse(&text, Family::V4, Path::new("s")).unwrap();
+        assert!(same(&st, &back), "{text}");
+        for bad in [
+            "n service-x%0Aflush%20ruleset",
+            "n KUBE-SVC-X",
+            "n service-a%3Bdelete",
+            "e cluster-ips%0910.0.0.1%20%7D%0Aflush%20ruleset",
+            "e cluster-ips",
+            "e Cluster%0910.0.0.1",
+        ] {
+            let t = format!("podwire-iptables-gen 3 IPv4\ns 0 0 ns/x - -\n{bad}\n");
+            assert!(parse(&t, Family::V4, Path::new("s")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! End to end: pods wired by runtime-shim, a Service and its EndpointSlice turned into
-//! rules by iptables-gen, applied with iptables-restore in a throwaway node namespace,
-//! and real TCP traffic from a client pod to the ClusterIP reaching every backend.
+//! rules by iptables-gen, applied with iptables-restore or nft (both backends) in a
+//! throwaway node namespace, and real traffic from a client pod to the ClusterIP
+//! reaching every backend.
 
 #![allow(clippy::unwrap_used)] // test code
 
+use std::io::Write as _;
 use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
 
 use podwire_testkit::http::{in_ns, serve};
-use std::time::{Duration, Instant};
 
 use podwire_testkit::*;
 
@@ -269,6 +271,55 @@ fn cluster_ip_nodeport_reject_and_partial_sync_with(nft: bool) {
     assert!(!tables.contains("kube-proxy"), "{tables}");
 }
 
+#[path = "../../iptables-gen/tests/support/vectors.rs"]
+mod vectors;
+
+/// The nftables backend's output for every golden vector's input, and a large generated
+/// one, is accepted by the kernel (`nft -c`: checked in a transaction, not committed).
+#[test]
+fn every_golden_vector_input_passes_nft_check() {
+    require_root();
+    require_tool("nft");
+    let ns = Ns::new("nftcheck");
+    let root = workspace_root().join("iptables-gen/tests/vectors");
+    let mut checked = 0;
+    for set in std::fs::read_dir(&root).unwrap() {
+        let set = set.unwrap().path();
+        for v in std::fs::read_dir(&set).into_iter().flatten() {
+            let v = v.unwrap().path();
+            if !v.join("config.json").exists() {
+                continue;
+            }
+            let (cfg, _, _) = vectors::load_config(&v);
+            let mut objs = iptables_gen::model::Objects::default();
+            iptables_gen::model::parse(&std::fs::read(v.join("input.json")).unwrap(), &mut objs)
+                .unwrap();
+            let g = iptables_gen::nftables::generate(&cfg, &objs, &iptables_gen::SyncPlan::full());
+            let mut child = in_ns(&ns, "nft", &["-c", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(g.text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}\n{}",
+                v.display(),
+                String::from_utf8_lossy(&out.stderr),
+                g.text
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked}");
+}
+
 #[test]
 fn every_generated_ruleset_passes_iptables_restore_test() {
     require_root();
@@ -298,7 +349,6 @@ fn every_generated_ruleset_passes_iptables_restore_test() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            use std::io::Write;
             child.stdin.take().unwrap().write_all(&text).unwrap();
             let out = child.wait_with_output().unwrap();
             assert!(
@@ -354,7 +404,6 @@ fn every_generated_ruleset_passes_iptables_restore_test() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::Write;
     child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
     let r = child.wait_with_output().unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
