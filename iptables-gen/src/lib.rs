@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub mod conntrack;
 pub mod model;
 pub mod names;
 pub mod nftables;

@@ -409,6 +409,46 @@ fn iptables_cleanup(f: Family) -> Result<()> {
     Ok(())
 }
 
+/// After a successful apply: delete UDP conntrack entries that still lead to endpoints a
+/// Service no longer has (see `conntrack.rs`). Best effort: a failure is reported, the
+/// rules stay applied.
+fn clear_stale_udp_flows(cfg: &Config, objs: &model::Objects) {
+    use iptables_gen::conntrack;
+    let f = conntrack::Frontends::of(cfg, objs);
+    if f.is_empty() {
+        return;
+    }
+    let Ok(ct) = tool("conntrack") else {
+        eprintln!("iptables-gen: conntrack not installed: stale UDP flows are not cleared");
+        return;
+    };
+    let fam = if cfg.family == Family::V4 {
+        "ipv4"
+    } else {
+        "ipv6"
+    };
+    let list = match run_cmd(&ct, &["-L", "-p", "udp", "-f", fam], None) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "iptables-gen: listing conntrack entries: {}",
+                iptables_gen::error_chain(&e)
+            );
+            return;
+        }
+    };
+    for filter in conntrack::stale(&f, &conntrack::parse_list(&list)) {
+        let args = conntrack::delete_args(cfg.family, &filter);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Exit 1: the entry went meanwhile.
+        let _ = Command::new(&ct)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Remove the nftables backend's table of family `f` (absent: nothing to do).
 fn nft_cleanup(f: Family) -> Result<()> {
     let x = if f == Family::V4 { "ip" } else { "ip6" };
@@ -782,6 +822,9 @@ fn run(cli: Cli) -> Result<()> {
                             iptables_gen::error_chain(&e)
                         );
                     }
+                }
+                if g.written_services > 0 || !g.deleted_chains.is_empty() {
+                    clear_stale_udp_flows(&cfg, &objs);
                 }
                 if plan.full {
                     // Switching backends: the other one's rules go, as in kube-proxy.

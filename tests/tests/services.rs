@@ -88,20 +88,9 @@ fn endpoint_chains(node: &Ns, nft: bool) -> usize {
     }
 }
 
-#[test]
-fn cluster_ip_nodeport_reject_and_partial_sync() {
-    cluster_ip_nodeport_reject_and_partial_sync_with(false);
-}
-
-#[test]
-fn cluster_ip_nodeport_reject_and_partial_sync_on_nftables() {
-    cluster_ip_nodeport_reject_and_partial_sync_with(true);
-}
-
-fn cluster_ip_nodeport_reject_and_partial_sync_with(nft: bool) {
-    require_tool("busybox");
-    require_tool("nft");
-    let tag = if nft { "svcn" } else { "svc" };
+/// A throwaway node whose pods `names` runtime-shim wired to one bridge (10.77.0.0/24,
+/// ipMasq, hairpin), with br_netfilter on; their addresses.
+fn node_with_pods(tag: &str, names: &[&str]) -> (Node, TempDir, Vec<String>) {
     let mut node = Node::new(tag);
     let dir = TempDir::new(tag);
     let net = dir.path().join("net.json");
@@ -114,8 +103,8 @@ fn cluster_ip_nodeport_reject_and_partial_sync_with(nft: bool) {
         ),
     )
     .unwrap();
-    // Bridged pod-to-pod traffic must traverse iptables for Service DNAT replies, as on
-    // every Kubernetes node (br_netfilter).
+    // Bridged pod-to-pod traffic must traverse the netfilter hooks for Service DNAT
+    // replies, as on every Kubernetes node (br_netfilter).
     node.node.ok(
         "sh",
         &[
@@ -123,7 +112,6 @@ fn cluster_ip_nodeport_reject_and_partial_sync_with(nft: bool) {
             "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables",
         ],
     );
-    let names = ["nginx-deployment-a", "nginx-deployment-b", "client"];
     let mut ips = Vec::new();
     for n in names {
         let p = node.add_pod(n);
@@ -150,6 +138,25 @@ fn cluster_ip_nodeport_reject_and_partial_sync_with(nft: bool) {
                 .to_string(),
         );
     }
+    (node, dir, ips)
+}
+
+#[test]
+fn cluster_ip_nodeport_reject_and_partial_sync() {
+    cluster_ip_nodeport_reject_and_partial_sync_with(false);
+}
+
+#[test]
+fn cluster_ip_nodeport_reject_and_partial_sync_on_nftables() {
+    cluster_ip_nodeport_reject_and_partial_sync_with(true);
+}
+
+fn cluster_ip_nodeport_reject_and_partial_sync_with(nft: bool) {
+    require_tool("busybox");
+    require_tool("nft");
+    let tag = if nft { "svcn" } else { "svc" };
+    let names = ["nginx-deployment-a", "nginx-deployment-b", "client"];
+    let (node, dir, ips) = node_with_pods(tag, &names);
     let _a = serve(node.pod(0), dir.path(), names[0]);
     let _b = serve(node.pod(1), dir.path(), names[1]);
     let client = node.pod(2);
@@ -571,4 +578,112 @@ fn a_thousand_services_applied_then_partially_resynced_twenty_times() {
         differ.is_empty(),
         "chains differing from a full sync: {differ:?}"
     );
+}
+
+/// A UDP server in `pod` on port 5353 answering every datagram with `name`.
+fn udp_server(pod: &Ns, name: &'static str) -> std::thread::JoinHandle<()> {
+    let ns = netns::NetNs::open(pod.path()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        netns::run_in(&ns, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:5353").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            tx.send(()).unwrap();
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                if &buf[..n] == b"stop" {
+                    break;
+                }
+                let _ = s.send_to(name.as_bytes(), from);
+            }
+        })
+        .unwrap();
+    });
+    rx.recv().unwrap();
+    h
+}
+
+fn udp_json(backend: (&str, &str)) -> String {
+    format!(
+        r#"{{"kind":"List","items":[
+ {{"kind":"Service","metadata":{{"name":"dns","namespace":"default"}},
+   "spec":{{"clusterIP":"10.96.0.53","ports":[{{"name":"dns","port":53,"protocol":"UDP"}}]}}}},
+ {{"kind":"EndpointSlice","metadata":{{"name":"dns-{}","namespace":"default","labels":{{"kubernetes.io/service-name":"dns"}}}},
+   "addressType":"IPv4","ports":[{{"name":"dns","port":5353,"protocol":"UDP"}}],
+   "endpoints":[{{"addresses":["{}"],"nodeName":"node-1"}}]}}]}}"#,
+        backend.0, backend.1
+    )
+}
+
+#[test]
+fn udp_flows_follow_an_endpoint_replacement() {
+    udp_flows_follow_an_endpoint_replacement_with(false);
+}
+
+#[test]
+fn udp_flows_follow_an_endpoint_replacement_on_nftables() {
+    udp_flows_follow_an_endpoint_replacement_with(true);
+}
+
+/// A client keeps sending from one socket (one conntrack flow) to a UDP Service whose only
+/// endpoint is replaced while the old one keeps running: the datagrams after the sync
+/// reach the new endpoint, because the sync deleted the flow's stale conntrack entry.
+fn udp_flows_follow_an_endpoint_replacement_with(nft: bool) {
+    require_tool("conntrack");
+    require_tool("nft");
+    let tag = if nft { "udpn" } else { "udp" };
+    let names = ["dns-a", "dns-b", "resolver"];
+    let (node, dir, ips) = node_with_pods(tag, &names);
+    let servers = [
+        udp_server(node.pod(0), "dns-a"),
+        udp_server(node.pod(1), "dns-b"),
+    ];
+    let input = dir.path().join("udp.json");
+    let state = dir.path().join("state");
+    let apply = || {
+        let mut a = vec![
+            input.to_str().unwrap(),
+            "--hostname-override",
+            "node-1",
+            "--cluster-cidr",
+            "10.77.0.0/16",
+            "--apply",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        if nft {
+            a.extend(["--backend", "nftables"]);
+        }
+        let o = node.node.run(bin("iptables-gen").to_str().unwrap(), &a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    std::fs::write(&input, udp_json(("a", &ips[0]))).unwrap();
+    apply();
+    netns::run_in(&node.pod(2).ns, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:40053").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let ask = || -> String {
+            s.send_to(b"q", "10.96.0.53:53").unwrap();
+            let mut buf = [0u8; 64];
+            match s.recv_from(&mut buf) {
+                Ok((n, _)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Err(_) => "(no answer)".into(),
+            }
+        };
+        assert_eq!(ask(), "dns-a");
+        assert_eq!(ask(), "dns-a", "one flow, one endpoint");
+        // The endpoint is replaced (dns-a keeps running, as a terminating pod may).
+        std::fs::write(&input, udp_json(("b", &ips[1]))).unwrap();
+        apply();
+        assert_eq!(ask(), "dns-b", "the same flow now reaches the new endpoint");
+    })
+    .unwrap();
+    for (i, h) in servers.into_iter().enumerate() {
+        netns::run_in(&node.pod(i).ns, || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            let _ = s.send_to(b"stop", "127.0.0.1:5353");
+        })
+        .unwrap();
+        h.join().unwrap();
+    }
 }
