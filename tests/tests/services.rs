@@ -43,9 +43,19 @@ fn services_json(backends: &[(&str, String)]) -> String {
 }
 
 fn tally(client: &Ns, n: usize) -> std::collections::BTreeMap<String, usize> {
+    tally_at(client, VIP, 8080, n)
+}
+
+/// Who answered `n` GETs of `ip:port` from `client`.
+fn tally_at(
+    client: &Ns,
+    ip: &str,
+    port: u16,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
     let mut t = std::collections::BTreeMap::new();
     for _ in 0..n {
-        let who = get(client, VIP, 8080).unwrap_or_else(|| "(no answer)".into());
+        let who = get(client, ip, port).unwrap_or_else(|| "(no answer)".into());
         *t.entry(who).or_insert(0) += 1;
     }
     t
@@ -686,4 +696,123 @@ fn udp_flows_follow_an_endpoint_replacement_with(nft: bool) {
         .unwrap();
         h.join().unwrap();
     }
+}
+
+/// A NodePort Service over pods `a` and `b` (`b`'s nodeName is another node's), with
+/// `spec` fields added (affinity, traffic policy).
+fn policy_json(a: &str, b: &str, b_node: &str, spec: &str) -> String {
+    format!(
+        r#"{{"kind":"List","items":[
+ {{"kind":"Service","metadata":{{"name":"web","namespace":"default"}},
+   "spec":{{"type":"NodePort","clusterIP":"{VIP}",{spec}
+            "ports":[{{"name":"http","port":8080,"targetPort":80,"protocol":"TCP","nodePort":30080}}]}}}},
+ {{"kind":"EndpointSlice","metadata":{{"name":"web-1","namespace":"default","labels":{{"kubernetes.io/service-name":"web"}}}},
+   "addressType":"IPv4","ports":[{{"name":"http","port":80,"protocol":"TCP"}}],
+   "endpoints":[{{"addresses":["{a}"],"nodeName":"node-1"}},{{"addresses":["{b}"],"nodeName":"{b_node}"}}]}}]}}"#
+    )
+}
+
+#[test]
+fn client_ip_affinity_and_external_traffic_policy_local() {
+    affinity_and_etp_local_with(false);
+}
+
+#[test]
+fn client_ip_affinity_and_external_traffic_policy_local_on_nftables() {
+    affinity_and_etp_local_with(true);
+}
+
+fn affinity_and_etp_local_with(nft: bool) {
+    require_tool("busybox");
+    require_tool("nft");
+    let tag = if nft { "affn" } else { "aff" };
+    let names = ["web-a", "web-b", "client"];
+    let (node, dir, ips) = node_with_pods(tag, &names);
+    let _a = serve(node.pod(0), dir.path(), names[0]);
+    let _b = serve(node.pod(1), dir.path(), names[1]);
+    let client = node.pod(2);
+    wait_for("backends listening", Duration::from_secs(10), || {
+        (get(client, &ips[0], 80).is_some() && get(client, &ips[1], 80).is_some()).then_some(())
+    });
+    // An outside client: a namespace on a link to the node (198.51.100.1 on the node).
+    let ext = Ns::new(&format!("{tag}x"));
+    ok(
+        "ip",
+        &[
+            "link",
+            "add",
+            "pwext0",
+            "netns",
+            &node.node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pwext1",
+            "netns",
+            &ext.name,
+        ],
+    );
+    node.node
+        .ok("ip", &["addr", "add", "198.51.100.1/24", "dev", "pwext0"]);
+    node.node.ok("ip", &["link", "set", "pwext0", "up"]);
+    ext.ok("ip", &["addr", "add", "198.51.100.2/24", "dev", "pwext1"]);
+    ext.ok("ip", &["link", "set", "pwext1", "up"]);
+    let input = dir.path().join("web.json");
+    let apply = |json: String| {
+        std::fs::write(&input, json).unwrap();
+        let mut a = vec![
+            input.to_str().unwrap(),
+            "--hostname-override",
+            "node-1",
+            "--cluster-cidr",
+            "10.77.0.0/16",
+            "--apply",
+        ];
+        if nft {
+            a.extend(["--backend", "nftables"]);
+        }
+        let o = node.node.run(bin("iptables-gen").to_str().unwrap(), &a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+
+    // ClientIP affinity: every request of one client lands on one backend.
+    apply(policy_json(
+        &ips[0],
+        &ips[1],
+        "node-1",
+        r#""sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":600}},"#,
+    ));
+    let t = tally(client, 20);
+    assert_eq!(t.len(), 1, "one backend for one client: {t:?}");
+    assert!(
+        names[..2].contains(&t.keys().next().unwrap().as_str()),
+        "{t:?}"
+    );
+
+    // externalTrafficPolicy Local: from outside, only the node's own endpoint (web-b is
+    // another node's); from a pod, both (pod traffic short-circuits to the cluster chain).
+    apply(policy_json(
+        &ips[0],
+        &ips[1],
+        "node-2",
+        r#""externalTrafficPolicy":"Local","#,
+    ));
+    let outside = tally_at(&ext, "198.51.100.1", 30080, 20);
+    assert_eq!(outside.get("web-a").copied(), Some(20), "{outside:?}");
+    let inside = tally(client, 40);
+    assert!(
+        inside.contains_key("web-a") && inside.contains_key("web-b"),
+        "{inside:?}"
+    );
+    // No local endpoint at all: outside traffic is dropped, not sent to another node.
+    let lone = policy_json(
+        &ips[0],
+        &ips[1],
+        "node-2",
+        r#""externalTrafficPolicy":"Local","#,
+    )
+    .replace(r#""nodeName":"node-1""#, r#""nodeName":"node-3""#);
+    apply(lone);
+    assert_eq!(get(&ext, "198.51.100.1", 30080), None, "dropped");
 }
