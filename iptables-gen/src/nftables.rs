@@ -300,7 +300,21 @@ struct PortOut {
     elements: Vec<(String, String)>,
 }
 
-fn render_port(cfg: &Config, sp: &ServicePort, eps: &[Endpoint], c: &Categorized) -> PortOut {
+/// Which layout to write: ours, or kube-proxy's own (anonymous `numgen … vmap` and
+/// `saddr != { … }` sets), kept only so the benchmark can compare the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Podwire,
+    KubeProxy,
+}
+
+fn render_port(
+    cfg: &Config,
+    sp: &ServicePort,
+    eps: &[Endpoint],
+    c: &Categorized,
+    layout: Layout,
+) -> PortOut {
     let f = cfg.family;
     let x = family_word(f);
     let t = format!("{x} {TABLE}");
@@ -489,18 +503,29 @@ fn render_port(cfg: &Config, sp: &ServicePort, eps: &[Endpoint], c: &Categorized
         }
     }
     if uses_fw {
-        for r in &sp.source_ranges {
-            let _ = writeln!(cmd, "add rule {t} {fw} {x} saddr {} return", r.trunc());
-        }
+        let mut allowed: Vec<String> = sp
+            .source_ranges
+            .iter()
+            .map(|r| r.trunc().to_string())
+            .collect();
         if cfg
             .node_ip
             .is_some_and(|n| sp.source_ranges.iter().any(|r| r.contains(&n)))
         {
-            for lb in &sp.lb_vips {
-                let _ = writeln!(cmd, "add rule {t} {fw} {x} saddr {lb} return");
-            }
+            allowed.extend(sp.lb_vips.iter().map(|lb| lb.to_string()));
         }
-        let _ = writeln!(cmd, "add rule {t} {fw} drop");
+        if layout == Layout::KubeProxy {
+            let _ = writeln!(
+                cmd,
+                "add rule {t} {fw} {x} saddr != {{ {} }} drop",
+                allowed.join(" , ")
+            );
+        } else {
+            for a in &allowed {
+                let _ = writeln!(cmd, "add rule {t} {fw} {x} saddr {a} return");
+            }
+            let _ = writeln!(cmd, "add rule {t} {fw} drop");
+        }
     }
     let addr = if f == Family::V4 {
         "ipv4_addr"
@@ -533,6 +558,19 @@ fn render_port(cfg: &Config, sp: &ServicePort, eps: &[Endpoint], c: &Categorized
             }
         }
         let n = names.len();
+        if layout == Layout::KubeProxy {
+            let vmap: Vec<String> = names
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{i} : goto endpoint-{b}"))
+                .collect();
+            let _ = writeln!(
+                cmd,
+                "add rule {t} {chain} numgen random mod {n} vmap {{ {} }}",
+                vmap.join(" , ")
+            );
+            continue;
+        }
         for (i, b) in names.iter().enumerate() {
             if i + 1 < n {
                 let _ = writeln!(
@@ -583,6 +621,11 @@ fn kind_of(map: &str) -> &'static str {
 /// are chains (and `affinity-` sets) the kernel's table holds: the per-service ones not
 /// active after this sync are flushed and, in [`Generated::cleanup`], deleted.
 pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
+    generate_layout(cfg, objs, plan, Layout::Podwire)
+}
+
+/// [`generate`] in either layout.
+pub fn generate_layout(cfg: &Config, objs: &Objects, plan: &SyncPlan, layout: Layout) -> Generated {
     let groups = proxier::groups(objs);
     let prev = plan.previous.as_ref();
     let seed = prev.map_or_else(random_seed, |p| p.seed);
@@ -656,7 +699,7 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
         for (i, sp) in m.ports.iter().enumerate() {
             let eps = m.endpoints_of(i);
             let c = categorize(sp, eps);
-            let po = render_port(cfg, sp, eps, &c);
+            let po = render_port(cfg, sp, eps, &c, layout);
             chains_text.push_str(&po.commands);
             for (map, e) in po.elements {
                 // A service's ports share one ClusterIP: one `cluster-ips` element.
