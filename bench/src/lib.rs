@@ -70,4 +70,3 @@ pub fn objects(n: usize, eps: usize, versioned: bool) -> Objects {
     }
     o
 }
-

@@ -404,4 +404,38 @@ pub fn iptables_gen(data: &[u8]) {
         partial.deleted_chains
     );
     assert_restore_text(&partial.text);
+
+    // The nftables backend: every line one command of ours, quotes paired, no input text
+    // able to open or close a block or start a command; the state round-trips.
+    let nft = ipt::nftables::generate(&cfg, &objs, &SyncPlan::full());
+    for l in nft.text.lines().chain(nft.cleanup.lines()) {
+        assert!(
+            ["add ", "flush ", "delete "]
+                .iter()
+                .any(|p| l.starts_with(p)),
+            "not a command: {l:?}"
+        );
+        assert!(l.matches('"').count() % 2 == 0, "unpaired quote: {l:?}");
+        assert!(
+            !l.contains(';') || l.contains("{ type ") || l.contains("{ comment "),
+            "{l:?}"
+        );
+        assert!(l.bytes().all(|b| (b' '..=b'~').contains(&b)), "{l:?}");
+    }
+    let nft_partial = ipt::nftables::generate(
+        &cfg,
+        &objs,
+        &SyncPlan {
+            full: false,
+            previous: Some(nft.state.clone()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        nft_partial.written_services, 0,
+        "nftables: unchanged services rewritten"
+    );
+    let text = ipt::state::render(&nft.state, cfg.family);
+    ipt::state::parse(&text, cfg.family, std::path::Path::new("s"))
+        .expect("the nftables state reads back");
 }

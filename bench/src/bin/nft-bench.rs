@@ -47,8 +47,12 @@ fn apply(tag: &str, argv: &[&str], text: &str, cap: u64) -> Option<(f64, f64)> {
         let secs = t0.elapsed().as_secs_f64();
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            if out.status.code() != Some(137) {
-                eprintln!("{tag}: {argv:?} failed: {}", err.lines().next().unwrap_or(""));
+            // 124/137: stopped by `timeout` at the cap.
+            if !matches!(out.status.code(), Some(124 | 137) | None) {
+                eprintln!(
+                    "{tag}: {argv:?} failed: {}",
+                    err.lines().next().unwrap_or("")
+                );
             }
             return None;
         }
@@ -96,7 +100,9 @@ fn main() {
         local_detector: LocalDetector::ClusterCidr("10.128.0.0/9".parse().expect("cidr")),
         ..Config::default()
     };
-    println!("| services | iptables-nft restore | iptables-legacy restore | kube-proxy's nftables layout (nft -f) | podwire nftables (nft -f) | podwire 1-service partial sync, end to end |");
+    println!(
+        "| services | iptables-nft restore | iptables-legacy restore | kube-proxy's nftables layout (nft -f) | podwire nftables (nft -f) | podwire 1-service partial sync, end to end |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     for &n in &sizes {
         let objs = objects(n, 10, true);
