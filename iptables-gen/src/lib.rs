@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 pub mod conntrack;
+pub mod kpc;
 pub mod model;
 pub mod names;
 pub mod nftables;

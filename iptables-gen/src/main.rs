@@ -10,6 +10,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use clap::Parser;
 use ipnet::IpNet;
+use iptables_gen::kpc::KubeProxyConfiguration;
 use iptables_gen::{
     Config, Error, Family, LocalDetector, Result, SyncPlan, model, nftables, render, state,
 };
@@ -87,8 +88,9 @@ struct Cli {
     apply: bool,
     /// iptables (kube-proxy's iptables mode) or nftables (its nftables mode: table
     /// `ip kube-proxy` / `ip6 kube-proxy`).
-    #[arg(long, value_enum, default_value_t = Backend::Iptables)]
-    backend: Backend,
+    /// (Default: the KubeProxyConfiguration's `mode`, else iptables.)
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
     /// Remove everything either backend installed (iptables chains and jumps, the
     /// nftables tables) for --ip-family, and exit.
     #[arg(long)]
@@ -130,20 +132,24 @@ fn iface(option: &str, s: &str) -> Result<String> {
     }
 }
 
-/// Settings from a KubeProxyConfiguration file, then flags on top.
-fn build_config(cli: &Cli) -> Result<Config> {
-    let kpc: serde_json::Value = match &cli.config {
+/// The KubeProxyConfiguration file, if any.
+fn read_kpc(cli: &Cli) -> Result<KubeProxyConfiguration> {
+    match &cli.config {
         Some(p) => {
             let t = std::fs::read(p).map_err(|e| Error::Io {
                 op: "read",
                 path: p.display().to_string(),
                 source: e,
             })?;
-            serde_json::from_slice(&t).map_err(Error::Json)?
+            KubeProxyConfiguration::parse(&t)
         }
-        None => serde_json::Value::Null,
-    };
-    let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        None => Ok(KubeProxyConfiguration::default()),
+    }
+}
+
+/// Settings from a KubeProxyConfiguration, then flags on top.
+fn build_config(cli: &Cli, kpc: &KubeProxyConfiguration, nft: bool) -> Result<Config> {
+    let mode = kpc.mode_settings(nft);
     let mut c = Config {
         family: cli.ip_family,
         ..Config::default()
@@ -151,7 +157,7 @@ fn build_config(cli: &Cli) -> Result<Config> {
     c.node_name = match cli
         .hostname_override
         .clone()
-        .or_else(|| s(&kpc["hostnameOverride"]))
+        .or_else(|| kpc.hostname_override.clone())
     {
         Some(n) => n,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -169,14 +175,13 @@ fn build_config(cli: &Cli) -> Result<Config> {
     }
     let bit = cli
         .masquerade_bit
-        .or_else(|| kpc["iptables"]["masqueradeBit"].as_u64().map(|b| b as u32))
+        .or(mode.masquerade_bit)
         .unwrap_or(14);
     c.masquerade_mark = iptables_gen::mark_for_bit(bit)?;
-    c.masquerade_all =
-        cli.masquerade_all || kpc["iptables"]["masqueradeAll"].as_bool() == Some(true);
+    c.masquerade_all = cli.masquerade_all || mode.masquerade_all == Some(true);
     c.localhost_nodeports = cli
         .iptables_localhost_nodeports
-        .or_else(|| kpc["iptables"]["localhostNodePorts"].as_bool())
+        .or(kpc.iptables.localhost_node_ports)
         .unwrap_or(true);
     let npa: Vec<String> = match &cli.nodeport_addresses {
         Some(l) => l
@@ -184,18 +189,13 @@ fn build_config(cli: &Cli) -> Result<Config> {
             .map(|x| x.trim().to_string())
             .filter(|x| !x.is_empty())
             .collect(),
-        None => kpc["nodePortAddresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
+        None => kpc.node_port_addresses.clone().unwrap_or_default(),
     };
     for n in &npa {
         c.nodeport_addresses
             .push(parse_cidr("--nodeport-addresses", n)?);
     }
-    let cluster_cidr = match cli.cluster_cidr.clone().or_else(|| s(&kpc["clusterCIDR"])) {
+    let cluster_cidr = match cli.cluster_cidr.clone().or_else(|| kpc.cluster_cidr.clone()) {
         Some(cc) => {
             // kube-proxy accepts a comma-separated dual-stack pair; take our family's.
             let nets: Vec<IpNet> = cc
@@ -210,7 +210,7 @@ fn build_config(cli: &Cli) -> Result<Config> {
     let mode = cli
         .detect_local_mode
         .clone()
-        .or_else(|| s(&kpc["detectLocalMode"]))
+        .or_else(|| kpc.detect_local_mode.clone())
         .unwrap_or_else(|| {
             if cluster_cidr.is_some() {
                 "ClusterCIDR".into()
@@ -236,14 +236,14 @@ fn build_config(cli: &Cli) -> Result<Config> {
             "--pod-bridge-interface",
             &cli.pod_bridge_interface
                 .clone()
-                .or_else(|| s(&kpc["detectLocal"]["bridgeInterface"]))
+                .or_else(|| kpc.detect_local.bridge_interface.clone())
                 .unwrap_or_default(),
         )?),
         "InterfaceNamePrefix" => LocalDetector::InterfaceNamePrefix(iface(
             "--pod-interface-name-prefix",
             &cli.pod_interface_name_prefix
                 .clone()
-                .or_else(|| s(&kpc["detectLocal"]["interfaceNamePrefix"]))
+                .or_else(|| kpc.detect_local.interface_name_prefix.clone())
                 .unwrap_or_default(),
         )?),
         "None" | "" => LocalDetector::None,
@@ -702,7 +702,12 @@ fn read_inputs(files: &[PathBuf]) -> Result<model::Objects> {
 
 fn run(cli: Cli) -> Result<()> {
     let family = cli.ip_family;
-    let nft = cli.backend == Backend::Nftables;
+    let kpc = read_kpc(&cli)?;
+    // --backend, else the configuration's `mode`, else iptables (kube-proxy's default).
+    let nft = match cli.backend {
+        Some(b) => b == Backend::Nftables,
+        None => kpc.mode.as_deref() == Some("nftables"),
+    };
     // Each backend keeps its own state: one never passes for the other's.
     let state_dir = cli
         .state_dir
@@ -746,7 +751,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         return first.map_or(Ok(()), Err);
     }
-    let cfg = build_config(&cli)?;
+    let cfg = build_config(&cli, &kpc, nft)?;
     let objs = read_inputs(&cli.files)?;
     for r in &objs.rejected {
         eprintln!("iptables-gen: skipped {r}");
