@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub mod apply;
 pub mod conntrack;
 pub mod kpc;
 pub mod model;
