@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::{Error, Result};
 
@@ -170,62 +170,124 @@ pub struct Objects {
 /// object. Malformed JSON is an error naming the position; invalid objects are skipped
 /// and listed in `rejected`. Several documents may be concatenated (several files).
 pub fn parse(bytes: &[u8], into: &mut Objects) -> Result<()> {
-    let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
+    // Each document, then each list item, is kept as a slice of the input (RawValue)
+    // and read straight into its typed object: no JSON tree, no copies of it.
+    let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<&RawValue>();
     for doc in stream {
         let doc = doc.map_err(Error::Json)?;
-        add_value(doc, into);
+        add_raw(doc, into)?;
     }
     Ok(())
 }
 
-fn add_value(v: Value, into: &mut Objects) {
-    let kind = v
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    match kind.as_str() {
+/// Any object, read in one pass: the fields of a Service and of an EndpointSlice do not
+/// overlap, so its kind decides afterwards which it was; a List keeps its items raw.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnyObject<'a> {
+    #[serde(default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    items: Option<Vec<&'a RawValue>>,
+    #[serde(default)]
+    metadata: Meta,
+    #[serde(default)]
+    spec: ServiceSpec,
+    #[serde(default)]
+    status: ServiceStatus,
+    #[serde(default)]
+    address_type: String,
+    #[serde(default)]
+    endpoints: Option<Vec<SliceEndpoint>>,
+    #[serde(default)]
+    ports: Option<Vec<SlicePort>>,
+}
+
+/// Enough of an object that failed to read to name it in the message.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct PeekMeta<'a> {
+    #[serde(default, borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    namespace: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn id_of(m: &Meta) -> String {
+    format!("{}/{}", m.namespace.escape_debug(), m.name.escape_debug())
+}
+
+fn add_raw(raw: &RawValue, into: &mut Objects) -> Result<()> {
+    let o = match serde_json::from_str::<AnyObject>(raw.get()) {
+        Ok(o) => o,
+        Err(e) => {
+            // A Service or EndpointSlice with a field of the wrong type is reported and
+            // skipped; anything else (a bare number, another kind) holds nothing of ours.
+            let Ok(p) = serde_json::from_str::<Peek>(raw.get()) else {
+                return Ok(());
+            };
+            let kind = p.kind.as_deref().unwrap_or("");
+            if kind == "Service" || kind == "EndpointSlice" {
+                let m: PeekMeta = p
+                    .metadata
+                    .and_then(|m| serde_json::from_str(m.get()).ok())
+                    .unwrap_or_default();
+                let get = |v: Option<&std::borrow::Cow<str>>| {
+                    v.map(|s| s.escape_debug().to_string()).unwrap_or_default()
+                };
+                into.rejected.push(format!(
+                    "{kind} {}/{}: {e}",
+                    get(m.namespace.as_ref()),
+                    get(m.name.as_ref())
+                ));
+            }
+            return Ok(());
+        }
+    };
+    match o.kind.as_deref().unwrap_or("") {
         "List" | "ServiceList" | "EndpointSliceList" => {
-            if let Some(Value::Array(items)) = v.get("items").cloned() {
-                for item in items {
-                    add_value(item, into);
-                }
+            for item in o.items.iter().flatten() {
+                add_raw(item, into)?;
             }
         }
-        "Service" => match serde_json::from_value::<Service>(v.clone()) {
-            Ok(s) => match validate_service(&s) {
+        "Service" => {
+            let s = Service {
+                metadata: o.metadata,
+                spec: o.spec,
+                status: o.status,
+            };
+            match validate_service(&s) {
                 Ok(()) => into.services.push(s),
-                Err(why) => into.rejected.push(format!("Service {}: {why}", id_of(&v))),
-            },
-            Err(e) => into.rejected.push(format!("Service {}: {e}", id_of(&v))),
-        },
-        "EndpointSlice" => match serde_json::from_value::<EndpointSlice>(v.clone()) {
-            Ok(s) => match validate_slice(&s) {
+                Err(why) => into
+                    .rejected
+                    .push(format!("Service {}: {why}", id_of(&s.metadata))),
+            }
+        }
+        "EndpointSlice" => {
+            let s = EndpointSlice {
+                metadata: o.metadata,
+                address_type: o.address_type,
+                endpoints: o.endpoints,
+                ports: o.ports,
+            };
+            match validate_slice(&s) {
                 Ok(()) => into.slices.push(s),
                 Err(why) => into
                     .rejected
-                    .push(format!("EndpointSlice {}: {why}", id_of(&v))),
-            },
-            Err(e) => into
-                .rejected
-                .push(format!("EndpointSlice {}: {e}", id_of(&v))),
-        },
+                    .push(format!("EndpointSlice {}: {why}", id_of(&s.metadata))),
+            }
+        }
         // Other kinds a `kubectl get` may return (Endpoints, Pods, ...) are not ours.
         _ => {}
     }
-}
-
-/// "namespace/name" for messages, with anything odd escaped (it may be hostile).
-fn id_of(v: &Value) -> String {
-    let get = |k: &str| {
-        v.get("metadata")
-            .and_then(|m| m.get(k))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .escape_debug()
-            .to_string()
-    };
-    format!("{}/{}", get("namespace"), get("name"))
+    Ok(())
 }
 
 /// RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63.
