@@ -27,7 +27,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::model::Objects;
-use crate::proxier::{self, Categorized, Endpoint, GroupModel, ServicePort, categorize};
+use crate::proxier::{self, Categorized, Endpoint, GroupModel, Policy, ServicePort, categorize};
 use crate::rules::{
     Generated, ServiceState, SyncPlan, config_fingerprint, group_digest, random_seed,
 };
@@ -325,22 +325,15 @@ fn render_port(
     let fw = format!("firewall-{base}");
     let spn = sp.svc_port_name();
     let p = sp.protocol;
-    let has_endpoints = c.has_any;
-    let uses_cluster = !c.cluster.is_empty() && sp.uses_cluster_endpoints();
-    let uses_local = !c.local.is_empty() && sp.uses_local_endpoints();
-    let internal_chain = if sp.internal_policy_local {
-        &local
-    } else {
-        &svc
-    };
-    let has_internal = has_endpoints && !(sp.internal_policy_local && c.local.is_empty());
-    let external_policy_chain = if sp.external_policy_local {
-        &local
-    } else {
-        &svc
-    };
-    let has_external = has_endpoints && !(sp.external_policy_local && c.local.is_empty());
-    let uses_external_chain = has_endpoints && sp.externally_accessible();
+    let pol = Policy::of(sp, c);
+    let has_endpoints = pol.has_endpoints;
+    let uses_cluster = pol.uses_cluster_chain;
+    let uses_local = pol.uses_local_chain;
+    let internal_chain = if pol.internal_local { &local } else { &svc };
+    let has_internal = pol.has_internal;
+    let external_policy_chain = if pol.external_local { &local } else { &svc };
+    let has_external = pol.has_external;
+    let uses_external_chain = pol.uses_external_chain;
     let uses_fw = !sp.lb_vips.is_empty() && !sp.source_ranges.is_empty();
     let (internal_verdict, external_verdict) = if !has_endpoints {
         ("goto reject-chain", "goto reject-chain")

@@ -456,3 +456,40 @@ pub fn categorize(sp: &ServicePort, eps: &[Endpoint]) -> Categorized {
         has_any,
     }
 }
+
+/// What a service port's endpoints make of it (spec §2.2 of both modes): which chains it
+/// needs and whether internal and external traffic have somewhere to go. Both backends
+/// render from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Any usable endpoint at all (else traffic is rejected).
+    pub has_endpoints: bool,
+    /// The cluster-policy chain (KUBE-SVC / service-…) is written.
+    pub uses_cluster_chain: bool,
+    /// The local-policy chain (KUBE-SVL / local-…) is written.
+    pub uses_local_chain: bool,
+    /// Internal traffic goes through the local chain (internalTrafficPolicy Local).
+    pub internal_local: bool,
+    pub has_internal: bool,
+    /// External traffic goes through the local chain (externalTrafficPolicy Local).
+    pub external_local: bool,
+    pub has_external: bool,
+    /// The external chain (KUBE-EXT / external-…) is written.
+    pub uses_external_chain: bool,
+}
+
+impl Policy {
+    pub fn of(sp: &ServicePort, c: &Categorized) -> Policy {
+        let has_endpoints = c.has_any;
+        Policy {
+            has_endpoints,
+            uses_cluster_chain: !c.cluster.is_empty() && sp.uses_cluster_endpoints(),
+            uses_local_chain: !c.local.is_empty() && sp.uses_local_endpoints(),
+            internal_local: sp.internal_policy_local,
+            has_internal: has_endpoints && !(sp.internal_policy_local && c.local.is_empty()),
+            external_local: sp.external_policy_local,
+            has_external: has_endpoints && !(sp.external_policy_local && c.local.is_empty()),
+            uses_external_chain: has_endpoints && sp.externally_accessible(),
+        }
+    }
+}

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use crate::model::Objects;
 use crate::names;
-use crate::proxier::{self, Categorized, Endpoint, Group, GroupModel, ServicePort, categorize};
+use crate::proxier::{
+    self, Categorized, Endpoint, Group, GroupModel, Policy, ServicePort, categorize,
+};
 use crate::{Config, Family, LocalDetector};
 
 pub const LARGE_CLUSTER_ENDPOINTS_THRESHOLD: usize = 1000;
@@ -485,18 +487,14 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
         for (p, sp) in m.ports.iter().enumerate() {
             let eps = m.endpoints_of(p);
             let cat = categorize(sp, eps);
-            write_service_port(
-                cfg,
-                sp,
-                eps,
-                &cat,
-                large,
-                &mut f,
-                &mut n,
-                svc_chains,
-                svc_rules,
-                &mut chains,
-            );
+            let mut out = PortOut {
+                filter_rules: &mut f,
+                nat_rules: &mut n,
+                svc_chains: &mut *svc_chains,
+                svc_rules: &mut *svc_rules,
+                active: &mut chains,
+            };
+            write_service_port(cfg, sp, eps, &cat, large, &mut out);
         }
         filter_rules.0.push_str(&f.0);
         nat_rules.0.insert_str(pos, &n.0);
@@ -679,249 +677,323 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_service_port(
-    cfg: &Config,
-    sp: &ServicePort,
-    eps: &[Endpoint],
-    cat: &Categorized,
+/// Where one service port's lines go: the shared filter and nat chains, and its own
+/// chains (off for an unchanged service in a partial sync).
+struct PortOut<'b> {
+    filter_rules: &'b mut Buf,
+    nat_rules: &'b mut Buf,
+    svc_chains: &'b mut Buf,
+    svc_rules: &'b mut Buf,
+    /// Its per-service chains, as they are declared.
+    active: &'b mut Vec<String>,
+}
+
+/// One service port being written: its names and what its endpoints make of it.
+struct Port<'a> {
+    cfg: &'a Config,
+    sp: &'a ServicePort,
+    eps: &'a [Endpoint],
+    cat: &'a Categorized,
     large: bool,
-    filter_rules: &mut Buf,
-    nat_rules: &mut Buf,
-    svc_chains: &mut Buf,
-    svc_rules: &mut Buf,
-    active: &mut Vec<String>,
-) {
-    let spn = sp.svc_port_name();
-    let p = sp.protocol;
-    let h = names::port_proto_hash(&spn, p);
-    let (svc, svl, ext, fw) = (
-        names::svc_chain(&h),
-        names::svl_chain(&h),
-        names::ext_chain(&h),
-        names::fw_chain(&h),
-    );
-    let cip = sp.cluster_ip.to_string();
-    let port = sp.port.to_string();
-    let proto = format!("-m {p} -p {p}");
+    spn: String,
+    proto: String,
+    cip: String,
+    port: String,
+    svc: String,
+    svl: String,
+    ext: String,
+    fw: String,
+    pol: Policy,
+    uses_fw_chain: bool,
+}
 
-    let uses_cluster_chain = !cat.cluster.is_empty() && sp.uses_cluster_endpoints();
-    let uses_local_chain = !cat.local.is_empty() && sp.uses_local_endpoints();
-    let internal_chain = if sp.internal_policy_local { &svl } else { &svc };
-    let has_internal = cat.has_any && !(sp.internal_policy_local && cat.local.is_empty());
-    let external_policy_chain = if sp.external_policy_local { &svl } else { &svc };
-    let has_external = cat.has_any && !(sp.external_policy_local && cat.local.is_empty());
-    let uses_ext_chain = cat.has_any && sp.externally_accessible();
-    let uses_fw_chain = cat.has_any && !sp.lb_vips.is_empty() && !sp.source_ranges.is_empty();
-    let lb_chain = if uses_fw_chain { &fw } else { &ext };
-    let (int_filter_target, int_filter_comment) = if !cat.has_any {
-        ("REJECT", format!("{spn} has no endpoints"))
-    } else {
-        ("DROP", format!("{spn} has no local endpoints"))
-    };
-    let (ext_filter_target, ext_filter_comment) = (int_filter_target, &int_filter_comment);
+impl<'a> Port<'a> {
+    fn new(
+        cfg: &'a Config,
+        sp: &'a ServicePort,
+        eps: &'a [Endpoint],
+        cat: &'a Categorized,
+        large: bool,
+    ) -> Port<'a> {
+        let spn = sp.svc_port_name();
+        let p = sp.protocol;
+        let h = names::port_proto_hash(&spn, p);
+        Port {
+            cfg,
+            sp,
+            eps,
+            cat,
+            large,
+            proto: format!("-m {p} -p {p}"),
+            cip: sp.cluster_ip.to_string(),
+            port: sp.port.to_string(),
+            svc: names::svc_chain(&h),
+            svl: names::svl_chain(&h),
+            ext: names::ext_chain(&h),
+            fw: names::fw_chain(&h),
+            pol: Policy::of(sp, cat),
+            uses_fw_chain: cat.has_any && !sp.lb_vips.is_empty() && !sp.source_ranges.is_empty(),
+            spn,
+        }
+    }
 
-    // 1. ClusterIP.
-    if has_internal {
-        nat_rules.line(&[
-            "-A KUBE-SERVICES",
-            &comment(&format!("{spn} cluster IP")),
-            &proto,
-            "-d",
-            &cip,
-            "--dport",
-            &port,
-            "-j",
-            internal_chain,
-        ]);
-    } else {
-        filter_rules.line(&[
-            "-A KUBE-SERVICES",
-            &comment(&int_filter_comment),
-            &proto,
-            "-d",
-            &cip,
-            "--dport",
-            &port,
-            "-j",
-            int_filter_target,
-        ]);
+    fn internal_chain(&self) -> &str {
+        if self.pol.internal_local {
+            &self.svl
+        } else {
+            &self.svc
+        }
     }
-    // 2. External IPs.
-    for eip in &sp.external_ips {
-        let e = eip.to_string();
-        if cat.has_any {
-            nat_rules.line(&[
+
+    fn external_policy_chain(&self) -> &str {
+        if self.pol.external_local {
+            &self.svl
+        } else {
+            &self.svc
+        }
+    }
+
+    /// The filter target and comment for traffic that has nowhere to go.
+    fn no_endpoints(&self) -> (&'static str, String) {
+        if !self.cat.has_any {
+            ("REJECT", format!("{} has no endpoints", self.spn))
+        } else {
+            ("DROP", format!("{} has no local endpoints", self.spn))
+        }
+    }
+
+    /// 1. The ClusterIP: to the internal chain, or filtered when there is nowhere to go.
+    fn cluster_ip(&self, out: &mut PortOut) {
+        if self.pol.has_internal {
+            let c = comment(&format!("{} cluster IP", self.spn));
+            out.nat_rules.line(&[
                 "-A KUBE-SERVICES",
-                &comment(&format!("{spn} external IP")),
-                &proto,
+                &c,
+                &self.proto,
                 "-d",
-                &e,
+                &self.cip,
                 "--dport",
-                &port,
+                &self.port,
                 "-j",
-                &ext,
+                self.internal_chain(),
             ]);
-        }
-        if !has_external {
-            filter_rules.line(&[
-                "-A KUBE-EXTERNAL-SERVICES",
-                &comment(ext_filter_comment),
-                &proto,
-                "-d",
-                &e,
-                "--dport",
-                &port,
-                "-j",
-                ext_filter_target,
-            ]);
-        }
-    }
-    // 3. Load balancer VIPs.
-    for vip in &sp.lb_vips {
-        let v = vip.to_string();
-        if cat.has_any {
-            nat_rules.line(&[
+        } else {
+            let (target, why) = self.no_endpoints();
+            let c = comment(&why);
+            out.filter_rules.line(&[
                 "-A KUBE-SERVICES",
-                &comment(&format!("{spn} loadbalancer IP")),
-                &proto,
+                &c,
+                &self.proto,
                 "-d",
-                &v,
+                &self.cip,
                 "--dport",
-                &port,
+                &self.port,
                 "-j",
-                lb_chain,
-            ]);
-        }
-        if uses_fw_chain {
-            filter_rules.line(&[
-                "-A KUBE-PROXY-FIREWALL",
-                &comment(&format!("{spn} traffic not accepted by {fw}")),
-                &proto,
-                "-d",
-                &v,
-                "--dport",
-                &port,
-                "-j DROP",
+                target,
             ]);
         }
     }
-    if !has_external {
-        for vip in &sp.lb_vips {
-            filter_rules.line(&[
-                "-A KUBE-EXTERNAL-SERVICES",
-                &comment(ext_filter_comment),
-                &proto,
-                "-d",
-                &vip.to_string(),
-                "--dport",
-                &port,
-                "-j",
-                ext_filter_target,
-            ]);
+
+    /// 2. External IPs.
+    fn external_ips(&self, out: &mut PortOut) {
+        let (target, why) = self.no_endpoints();
+        let nothing = comment(&why);
+        let c = comment(&format!("{} external IP", self.spn));
+        for eip in &self.sp.external_ips {
+            let e = eip.to_string();
+            if self.cat.has_any {
+                out.nat_rules.line(&[
+                    "-A KUBE-SERVICES",
+                    &c,
+                    &self.proto,
+                    "-d",
+                    &e,
+                    "--dport",
+                    &self.port,
+                    "-j",
+                    &self.ext,
+                ]);
+            }
+            if !self.pol.has_external {
+                out.filter_rules.line(&[
+                    "-A KUBE-EXTERNAL-SERVICES",
+                    &nothing,
+                    &self.proto,
+                    "-d",
+                    &e,
+                    "--dport",
+                    &self.port,
+                    "-j",
+                    target,
+                ]);
+            }
         }
     }
-    // 4. NodePort.
-    if sp.node_port != 0 {
-        let np = sp.node_port.to_string();
-        if cat.has_any {
-            if cfg.localhost_nodeports
-                && cfg.family == Family::V4
-                && cfg.nfacct.contains(NFACCT_LOCALHOST_NPS)
+
+    /// 3. Load balancer VIPs (through the firewall chain when source ranges apply).
+    fn load_balancers(&self, out: &mut PortOut) {
+        let lb_chain = if self.uses_fw_chain {
+            &self.fw
+        } else {
+            &self.ext
+        };
+        let c = comment(&format!("{} loadbalancer IP", self.spn));
+        let dropped = comment(&format!("{} traffic not accepted by {}", self.spn, self.fw));
+        for vip in &self.sp.lb_vips {
+            let v = vip.to_string();
+            if self.cat.has_any {
+                out.nat_rules.line(&[
+                    "-A KUBE-SERVICES",
+                    &c,
+                    &self.proto,
+                    "-d",
+                    &v,
+                    "--dport",
+                    &self.port,
+                    "-j",
+                    lb_chain,
+                ]);
+            }
+            if self.uses_fw_chain {
+                out.filter_rules.line(&[
+                    "-A KUBE-PROXY-FIREWALL",
+                    &dropped,
+                    &self.proto,
+                    "-d",
+                    &v,
+                    "--dport",
+                    &self.port,
+                    "-j DROP",
+                ]);
+            }
+        }
+        if !self.pol.has_external {
+            let (target, why) = self.no_endpoints();
+            let nothing = comment(&why);
+            for vip in &self.sp.lb_vips {
+                let v = vip.to_string();
+                out.filter_rules.line(&[
+                    "-A KUBE-EXTERNAL-SERVICES",
+                    &nothing,
+                    &self.proto,
+                    "-d",
+                    &v,
+                    "--dport",
+                    &self.port,
+                    "-j",
+                    target,
+                ]);
+            }
+        }
+    }
+
+    /// 4. The NodePort (and its localhost form with the nfacct counter).
+    fn node_port(&self, out: &mut PortOut) {
+        if self.sp.node_port == 0 {
+            return;
+        }
+        let np = self.sp.node_port.to_string();
+        let c = comment(&self.spn);
+        if self.cat.has_any {
+            if self.cfg.localhost_nodeports
+                && self.cfg.family == Family::V4
+                && self.cfg.nfacct.contains(NFACCT_LOCALHOST_NPS)
             {
-                nat_rules.line(&[
+                out.nat_rules.line(&[
                     "-A KUBE-NODEPORTS",
-                    &comment(&spn),
-                    &proto,
+                    &c,
+                    &self.proto,
                     "-d 127.0.0.0/8 --dport",
                     &np,
                     "-m nfacct --nfacct-name",
                     NFACCT_LOCALHOST_NPS,
                     "-j",
-                    &ext,
+                    &self.ext,
                 ]);
             }
-            nat_rules.line(&[
+            out.nat_rules.line(&[
                 "-A KUBE-NODEPORTS",
-                &comment(&spn),
-                &proto,
+                &c,
+                &self.proto,
                 "--dport",
                 &np,
                 "-j",
-                &ext,
+                &self.ext,
             ]);
         }
-        if !has_external {
-            filter_rules.line(&[
+        if !self.pol.has_external {
+            let (target, why) = self.no_endpoints();
+            out.filter_rules.line(&[
                 "-A KUBE-EXTERNAL-SERVICES",
-                &comment(ext_filter_comment),
+                &comment(&why),
                 "-m addrtype --dst-type LOCAL",
-                &proto,
+                &self.proto,
                 "--dport",
                 &np,
                 "-j",
-                ext_filter_target,
+                target,
             ]);
         }
-    }
-    // 5. Health check node port.
-    if sp.health_check_node_port != 0 {
-        filter_rules.line(&[
-            "-A KUBE-NODEPORTS",
-            &comment(&format!("{spn} health check node port")),
-            "-m tcp -p tcp --dport",
-            &sp.health_check_node_port.to_string(),
-            "-j ACCEPT",
-        ]);
     }
 
-    // The per-service nat chains (kept out of partial syncs when unchanged).
-    if !svc_rules.1 {
-        return;
+    /// 5. The health check node port is accepted.
+    fn health_check(&self, out: &mut PortOut) {
+        if self.sp.health_check_node_port != 0 {
+            out.filter_rules.line(&[
+                "-A KUBE-NODEPORTS",
+                &comment(&format!("{} health check node port", self.spn)),
+                "-m tcp -p tcp --dport",
+                &self.sp.health_check_node_port.to_string(),
+                "-j ACCEPT",
+            ]);
+        }
     }
-    // 6. Internal masquerade.
-    if has_internal {
-        let args = [
-            comment(&format!("{spn} cluster IP")),
-            proto.clone(),
-            "-d".into(),
-            cip.clone(),
-            "--dport".into(),
-            port.clone(),
-        ];
-        let head = format!("-A {internal_chain}");
-        if cfg.masquerade_all {
-            svc_rules.line(&[
+
+    /// 6. Masquerade internal traffic from outside the pod network (or all of it).
+    fn internal_masquerade(&self, out: &mut PortOut) {
+        if !self.pol.has_internal {
+            return;
+        }
+        let head = format!("-A {}", self.internal_chain());
+        let c = comment(&format!("{} cluster IP", self.spn));
+        let (proto, cip, port) = (&self.proto, &self.cip, &self.port);
+        if self.cfg.masquerade_all {
+            out.svc_rules.line(&[
                 &head,
-                &args[0],
-                &args[1],
-                &args[2],
-                &args[3],
-                &args[4],
-                &args[5],
+                &c,
+                proto,
+                "-d",
+                cip,
+                "--dport",
+                port,
                 "-j KUBE-MARK-MASQ",
             ]);
-        } else if let Some(not_local) = cfg.local_detector.if_not_local() {
-            svc_rules.line(&[
+        } else if let Some(not_local) = self.cfg.local_detector.if_not_local() {
+            out.svc_rules.line(&[
                 &head,
-                &args[0],
-                &args[1],
-                &args[2],
-                &args[3],
-                &args[4],
-                &args[5],
+                &c,
+                proto,
+                "-d",
+                cip,
+                "--dport",
+                port,
                 &not_local,
                 "-j KUBE-MARK-MASQ",
             ]);
         }
     }
-    // 7. EXT chain.
-    if uses_ext_chain {
-        svc_chains.chain(&ext);
-        active.push(ext.clone());
+
+    /// 7. The EXT chain: masquerade, or short-circuit pod and host traffic for eTP=Local.
+    fn external_chain(&self, out: &mut PortOut) {
+        if !self.pol.uses_external_chain {
+            return;
+        }
+        let (spn, ext, svc) = (&self.spn, &self.ext, &self.svc);
+        out.svc_chains.chain(ext);
+        out.active.push(ext.clone());
         let head = format!("-A {ext}");
-        if !sp.external_policy_local {
-            svc_rules.line(&[
+        if !self.pol.external_local {
+            out.svc_rules.line(&[
                 &head,
                 &comment(&format!(
                     "masquerade traffic for {spn} external destinations"
@@ -929,108 +1001,161 @@ fn write_service_port(
                 "-j KUBE-MARK-MASQ",
             ]);
         } else {
-            if let Some(local) = cfg.local_detector.if_local() {
-                svc_rules.line(&[
+            if let Some(local) = self.cfg.local_detector.if_local() {
+                out.svc_rules.line(&[
                     &head,
                     &comment(&format!("pod traffic for {spn} external destinations")),
                     &local,
                     "-j",
-                    &svc,
+                    svc,
                 ]);
             }
-            svc_rules.line(&[
+            out.svc_rules.line(&[
                 &head,
                 &comment(&format!(
                     "masquerade LOCAL traffic for {spn} external destinations"
                 )),
                 "-m addrtype --src-type LOCAL -j KUBE-MARK-MASQ",
             ]);
-            svc_rules.line(&[
+            out.svc_rules.line(&[
                 &head,
                 &comment(&format!(
                     "route LOCAL traffic for {spn} external destinations"
                 )),
                 "-m addrtype --src-type LOCAL -j",
-                &svc,
+                svc,
             ]);
         }
-        if has_external {
-            svc_rules.line(&[&head, "-j", external_policy_chain]);
+        if self.pol.has_external {
+            out.svc_rules
+                .line(&[&head, "-j", self.external_policy_chain()]);
         }
     }
-    // 8. FW chain.
-    if uses_fw_chain {
-        svc_chains.chain(&fw);
-        active.push(fw.clone());
+
+    /// 8. The FW chain: listed source ranges (and the VIPs, for the node's own hairpin
+    ///    traffic) go on; the rest is dropped by KUBE-PROXY-FIREWALL.
+    fn firewall_chain(&self, out: &mut PortOut) {
+        if !self.uses_fw_chain {
+            return;
+        }
+        let (spn, fw, ext) = (&self.spn, &self.fw, &self.ext);
+        out.svc_chains.chain(fw);
+        out.active.push(fw.clone());
         let head = format!("-A {fw}");
         let c = comment(&format!("{spn} loadbalancer IP"));
-        for r in &sp.source_ranges {
-            svc_rules.line(&[&head, &c, "-s", &r.to_string(), "-j", &ext]);
+        for r in &self.sp.source_ranges {
+            out.svc_rules
+                .line(&[&head, &c, "-s", &r.to_string(), "-j", ext]);
         }
-        if let Some(node_ip) = cfg.node_ip {
-            if sp.source_ranges.iter().any(|r| r.contains(&node_ip)) {
-                for vip in &sp.lb_vips {
-                    svc_rules.line(&[&head, &c, "-s", &vip.to_string(), "-j", &ext]);
+        if let Some(node_ip) = self.cfg.node_ip {
+            if self.sp.source_ranges.iter().any(|r| r.contains(&node_ip)) {
+                for vip in &self.sp.lb_vips {
+                    out.svc_rules
+                        .line(&[&head, &c, "-s", &vip.to_string(), "-j", ext]);
                 }
             }
         }
-        svc_rules.line(&[
+        out.svc_rules.line(&[
             &head,
             &comment(&format!(
                 "other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"
             )),
         ]);
     }
-    // One SEP name per reachable endpoint (a sha256 each: computed once).
-    let mut seps: Vec<Option<String>> = vec![None; eps.len()];
-    for &i in &cat.all_reachable {
-        seps[i] = Some(names::sep_chain(&spn, p, &eps[i].addr));
-    }
-    let sep_of = |i: usize| seps[i].as_deref().unwrap_or_default();
-    // 9./10. SVC and SVL chains.
-    if uses_cluster_chain {
-        svc_chains.chain(&svc);
-        active.push(svc.clone());
-        endpoint_rules(sp, &spn, &svc, eps, &cat.cluster, &sep_of, large, svc_rules);
-    }
-    if uses_local_chain {
-        svc_chains.chain(&svl);
-        active.push(svl.clone());
-        endpoint_rules(sp, &spn, &svl, eps, &cat.local, &sep_of, large, svc_rules);
-    }
-    // 11. SEP chains.
-    let c = if large { String::new() } else { comment(&spn) };
-    for &i in &cat.all_reachable {
-        let ep = &eps[i];
-        let sep = sep_of(i);
-        svc_chains.chain(sep);
-        active.push(sep.to_string());
-        let Some(b) = svc_rules.on() else { continue };
-        // -A SEP [comment] -s IP -j KUBE-MARK-MASQ
-        // -A SEP [comment] [-m recent --name SEP --set] PROTO -j DNAT --to-destination ADDR
-        for masq in [true, false] {
-            b.push_str("-A ");
-            b.push_str(sep);
-            if !c.is_empty() {
-                b.push(' ');
-                b.push_str(&c);
+
+    /// 9.-11. The SVC and SVL chains spreading over the endpoints, and a SEP chain per
+    /// endpoint (hairpin masquerade, affinity, DNAT).
+    fn endpoint_chains(&self, out: &mut PortOut) {
+        let (sp, eps, cat, spn) = (self.sp, self.eps, self.cat, &self.spn);
+        // One SEP name per reachable endpoint (a sha256 each: computed once).
+        let mut seps: Vec<Option<String>> = vec![None; eps.len()];
+        for &i in &cat.all_reachable {
+            seps[i] = Some(names::sep_chain(spn, sp.protocol, &eps[i].addr));
+        }
+        let sep_of = |i: usize| seps[i].as_deref().unwrap_or_default();
+        for (chain, picked, used) in [
+            (&self.svc, &cat.cluster, self.pol.uses_cluster_chain),
+            (&self.svl, &cat.local, self.pol.uses_local_chain),
+        ] {
+            if used {
+                out.svc_chains.chain(chain);
+                out.active.push(chain.clone());
+                endpoint_rules(
+                    sp,
+                    spn,
+                    chain,
+                    eps,
+                    picked,
+                    &sep_of,
+                    self.large,
+                    out.svc_rules,
+                );
             }
-            if masq {
-                let _ = writeln!(b, " -s {} -j KUBE-MARK-MASQ", ep.ip);
-            } else {
-                if sp.sticky_seconds.is_some() {
-                    b.push_str(" -m recent --name ");
-                    b.push_str(sep);
-                    b.push_str(" --set");
+        }
+        let c = if self.large {
+            String::new()
+        } else {
+            comment(spn)
+        };
+        for &i in &cat.all_reachable {
+            let ep = &eps[i];
+            let sep = sep_of(i);
+            out.svc_chains.chain(sep);
+            out.active.push(sep.to_string());
+            let Some(b) = out.svc_rules.on() else {
+                continue;
+            };
+            // -A SEP [comment] -s IP -j KUBE-MARK-MASQ
+            // -A SEP [comment] [-m recent --name SEP --set] PROTO -j DNAT --to-destination ADDR
+            for masq in [true, false] {
+                b.push_str("-A ");
+                b.push_str(sep);
+                if !c.is_empty() {
+                    b.push(' ');
+                    b.push_str(&c);
                 }
-                b.push(' ');
-                b.push_str(&proto);
-                b.push_str(" -j DNAT --to-destination ");
-                b.push_str(&ep.addr);
-                b.push('\n');
+                if masq {
+                    let _ = writeln!(b, " -s {} -j KUBE-MARK-MASQ", ep.ip);
+                } else {
+                    if sp.sticky_seconds.is_some() {
+                        b.push_str(" -m recent --name ");
+                        b.push_str(sep);
+                        b.push_str(" --set");
+                    }
+                    b.push(' ');
+                    b.push_str(&self.proto);
+                    b.push_str(" -j DNAT --to-destination ");
+                    b.push_str(&ep.addr);
+                    b.push('\n');
+                }
             }
         }
     }
+}
+
+/// One service port's lines (spec §4): its entries in the shared chains, then, unless
+/// `out.svc_rules` is off (an unchanged service), its own chains.
+fn write_service_port(
+    cfg: &Config,
+    sp: &ServicePort,
+    eps: &[Endpoint],
+    cat: &Categorized,
+    large: bool,
+    out: &mut PortOut,
+) {
+    let port = Port::new(cfg, sp, eps, cat, large);
+    port.cluster_ip(out);
+    port.external_ips(out);
+    port.load_balancers(out);
+    port.node_port(out);
+    port.health_check(out);
+    if !out.svc_rules.1 {
+        return;
+    }
+    port.internal_masquerade(out);
+    port.external_chain(out);
+    port.firewall_chain(out);
+    port.endpoint_chains(out);
 }
 
 #[allow(clippy::too_many_arguments)]
