@@ -163,10 +163,13 @@ impl Txn<'_> {
                     Ok(false) => k.write_sysctl(path, old),
                     other => other.map(|_| ()),
                 },
-                Undo::RemovePolicy(own) => match other_pods(k, &self.net.name, own) {
-                    Ok(false) => k.policy_remove(&self.net.name).map(|_| ()),
-                    other => other.map(|_| ()),
-                },
+                // Under the network's lock: another pod's ADD heals under it too, after
+                // its veth exists, so it either is counted here or heals after us.
+                Undo::RemovePolicy(own) => Store::open(&self.net.data_dir, &self.net.name)
+                    .and_then(|_lock| match other_pods(k, &self.net.name, own) {
+                        Ok(false) => k.policy_remove(&self.net.name).map(|_| ()),
+                        other => other.map(|_| ()),
+                    }),
             };
             if let Err(e) = r {
                 eprintln!(

@@ -562,8 +562,6 @@ impl Store {
         }
     }
 
-    /// All records: (address, container id, ifname). Unreadable or garbage records are
-    /// reported on stderr and skipped, never fatal for the other pods.
     /// Is any address of the network reserved? A readdir, no record read: how DEL and GC
     /// decide that the network's last pod is gone.
     pub fn has_records(&self) -> Result<bool> {
@@ -575,6 +573,8 @@ impl Store {
         }))
     }
 
+    /// All records: (address, container id, ifname). Unreadable or garbage records are
+    /// reported on stderr and skipped, never fatal for the other pods.
     pub fn records(&self) -> Result<Vec<(IpAddr, String, String)>> {
         let mut out = Vec::new();
         let entries = fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
@@ -920,6 +920,31 @@ mod tests {
         assert_eq!(s.records().unwrap().len(), 1);
         assert_eq!(s.debris().unwrap(), vec![d.path().join("t/10.9.0.2")]);
         assert!(s.release("c", "eth0").is_ok());
+    }
+
+    #[test]
+    fn requested_addresses_are_reserved_exactly_or_refused_without_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let n = net(
+            d.path(),
+            r#"[[{"subnet":"10.9.0.0/24"}],[{"subnet":"fd09::/64"}]]"#,
+        );
+        let s = Store::open(&n.data_dir, &n.name).unwrap();
+        let want = vec![("IP".to_string(), "10.9.0.77".parse().unwrap())];
+        let a = s.allocate_noted(&n, "c1", "eth0", None, &want).unwrap();
+        assert_eq!(a[0].ip.to_string(), "10.9.0.77");
+        assert!(a[1].ip.is_ipv6(), "the other set still gets an address");
+        // Again for the same attachment (a retried ADD): the same address.
+        let again = s.allocate_noted(&n, "c1", "eth0", None, &want).unwrap();
+        assert_eq!(again[0].ip, a[0].ip);
+        // Another attachment asking for it: refused, and nothing of its is reserved.
+        let before = s.records().unwrap();
+        let e = s.allocate_noted(&n, "c2", "eth0", None, &want).unwrap_err();
+        assert!(matches!(e, Error::AddressInUse { .. }), "{e}");
+        assert_eq!(s.records().unwrap(), before);
+        assert!(s.has_records().unwrap());
+        s.release("c1", "eth0").unwrap();
+        assert!(!s.has_records().unwrap());
     }
 
     #[test]
