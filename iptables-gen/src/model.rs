@@ -170,10 +170,38 @@ pub struct Objects {
 /// object. Malformed JSON is an error naming the position; invalid objects are skipped
 /// and listed in `rejected`. Several documents may be concatenated (several files).
 pub fn parse(bytes: &[u8], into: &mut Objects) -> Result<()> {
-    // Each document, then each list item, is kept as a slice of the input (RawValue)
-    // and read straight into its typed object: no JSON tree, no copies of it.
-    let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<&RawValue>();
-    for doc in stream {
+    // Fast path: each document read straight into an object (a List keeps its items as
+    // slices of the input, each then read into its typed object): no JSON tree, no copies.
+    let mut fast = Objects::default();
+    let mut ok = true;
+    for doc in serde_json::Deserializer::from_slice(bytes).into_iter::<AnyObject>() {
+        match doc {
+            Ok(o) => add_object(o, &mut fast)?,
+            Err(_) => {
+                ok = false;
+                break;
+            }
+        }
+    }
+    if ok {
+        // Moved, not copied, when `into` is empty (one input file: the usual case).
+        into.rejected.append(&mut fast.rejected);
+        if into.services.is_empty() {
+            std::mem::swap(&mut into.services, &mut fast.services);
+        } else {
+            into.services.append(&mut fast.services);
+        }
+        if into.slices.is_empty() {
+            std::mem::swap(&mut into.slices, &mut fast.slices);
+        } else {
+            into.slices.append(&mut fast.slices);
+        }
+        return Ok(());
+    }
+    // A document that is not an object of ours, or one with a field of the wrong type (or
+    // malformed JSON): take each document as a slice first, so a bad one is reported and
+    // skipped and a malformed input is an error naming the position.
+    for doc in serde_json::Deserializer::from_slice(bytes).into_iter::<&RawValue>() {
         let doc = doc.map_err(Error::Json)?;
         add_raw(doc, into)?;
     }
@@ -251,6 +279,11 @@ fn add_raw(raw: &RawValue, into: &mut Objects) -> Result<()> {
             return Ok(());
         }
     };
+    add_object(o, into)
+}
+
+/// File one object that was read whole (a List's items one by one).
+fn add_object(o: AnyObject, into: &mut Objects) -> Result<()> {
     match o.kind.as_deref().unwrap_or("") {
         "List" | "ServiceList" | "EndpointSliceList" => {
             for item in o.items.iter().flatten() {
