@@ -8,6 +8,12 @@ use iptables_gen::model::{
 /// upwards, port 8080), as `kubectl get -o json` gives them: each object with a
 /// `resourceVersion` when `versioned`.
 pub fn objects(n: usize, eps: usize, versioned: bool) -> Objects {
+    objects_on_nodes(n, eps, versioned, 0)
+}
+
+/// [`objects`] with each endpoint's `nodeName` set, as the EndpointSlice controller does:
+/// endpoint `k` runs on `node-{k % nodes}` (none when `nodes` is 0).
+pub fn objects_on_nodes(n: usize, eps: usize, versioned: bool, nodes: usize) -> Objects {
     let mut o = Objects::default();
     for i in 0..n {
         let name = format!("svc-{i}");
@@ -56,7 +62,7 @@ pub fn objects(n: usize, eps: usize, versioned: bool) -> Objects {
                                 k % 256
                             )],
                             conditions: Some(Conditions::default()),
-                            node_name: None,
+                            node_name: (nodes > 0).then(|| format!("node-{}", k % nodes)),
                         }
                     })
                     .collect(),

@@ -57,7 +57,10 @@ pub fn nft_existing(f: Family) -> Result<BTreeSet<String>> {
                     .or_else(|| l.strip_prefix("set "))
                     .map(|n| n.trim_end_matches(" {"));
                 if let Some(n) = name {
-                    if nftables::is_service_chain(n) || n.starts_with("affinity-") {
+                    if nftables::is_service_chain(n)
+                        || nftables::is_select_chain(n)
+                        || n.starts_with("affinity-")
+                    {
                         out.insert(n.to_string());
                     }
                 }

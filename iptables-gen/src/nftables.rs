@@ -3,19 +3,36 @@
 //! kube-proxy's chain, set and map names.
 //!
 //! Departures from kube-proxy's layout, each because it costs scale (creating anonymous
-//! sets is quadratic in the kernel: 10,000 services took 179 s to apply that way):
-//! - endpoint selection is one rule per endpoint, `numgen random mod (N-i) == 0 goto
-//!   endpoint-…` and a final `goto`, instead of one anonymous `numgen … vmap { … }`: each
-//!   endpoint is chosen with probability 1/N, as in iptables mode's statistic rules;
+//! sets is quadratic in the kernel: 10,000 services took 179 s to apply that way; and
+//! every rule expression costs the kernel a linear search of the expression types):
+//! - endpoints are map elements, not chains. A service's `service-…` / `local-…` chain
+//!   ends in `goto cluster-endpoints-N` (or `local-endpoints-N`), a chain shared by every
+//!   service with N endpoints, whose one rule is `dnat ip to ip daddr . meta l4proto . th
+//!   dport . numgen random mod N map @cluster-endpoints`: the map is keyed by the packet's
+//!   destination (ClusterIP, external or LoadBalancer IP, and port) and the endpoint's
+//!   index, and gives its address and port. NodePort traffic, whose destination is any
+//!   local address, is looked up by protocol, port and index in `cluster-nodeport-
+//!   endpoints` by the chain's second rule. Each endpoint is chosen with probability 1/N.
+//!   Sharing the chain matters: the kernel walks a map's elements whenever a new chain
+//!   binds it, and checks each new element against every binding;
+//! - hairpin traffic (an endpoint reaching its own Service) is masqueraded by one rule in
+//!   `masquerading`, `ct status dnat ip saddr . ip daddr @hairpin-endpoints`, with a pair
+//!   `A . A` for each endpoint address that can send from this node (its `nodeName` is
+//!   this node's or unknown), instead of a `saddr A` rule in each endpoint chain;
+//! - services with ClientIP affinity keep kube-proxy's endpoint chains (`update
+//!   @affinity-…` needs one set and one chain per endpoint), selected by one rule per
+//!   endpoint, `numgen random mod (N-i) == 0 goto endpoint-…`, and a final `goto`,
+//!   instead of an anonymous `numgen … vmap { … }`;
 //! - LoadBalancerSourceRanges are one `return` rule per range (and per VIP when a range
 //!   holds the node IP) and a final `drop`, instead of an anonymous `saddr != { … }` set.
 //!
 //! So the ruleset holds named sets and maps only.
 //!
 //! Syncs: a full sync rewrites every chain and every set/map element (affinity sets are
-//! added, never flushed, so ClientIP affinity survives); a partial sync (a previous state
-//! and no config change) rewrites only the chains and elements of services that changed.
-//! Chains that went away are flushed in the main transaction and deleted in a second one
+//! added, never flushed, so ClientIP affinity survives) and makes the endpoint maps anew
+//! (see [`write_endpoint_maps`] for why); a partial sync (a previous state and no config
+//! change) rewrites only the chains and elements of services that changed. Chains that
+//! went away are flushed in the main transaction and deleted in a second one
 //! ([`Generated::cleanup`]), as kube-proxy does: before Linux 6.2 a chain a just-deleted
 //! map element pointed to cannot be deleted in the same transaction.
 
@@ -35,15 +52,36 @@ use crate::{Config, Family, LocalDetector};
 
 pub const TABLE: &str = "kube-proxy";
 
-/// The six element containers kube-proxy fills per service (and `nodeport-ips`, per node).
-const ELEMENT_MAPS: [&str; 6] = [
+/// The element containers a full sync flushes: kube-proxy's six (besides `nodeport-ips`,
+/// per node) and our hairpin set. The endpoint maps are deleted and made anew instead.
+const ELEMENT_MAPS: [&str; 7] = [
     "cluster-ips",
     "service-ips",
     "service-nodeports",
     "no-endpoint-services",
     "no-endpoint-nodeports",
     "firewall-ips",
+    HAIRPIN,
 ];
+
+/// Version of what a state's records mean; 2: endpoints in maps, not chains.
+const LAYOUT_VERSION: u64 = 2;
+
+/// The endpoint maps the selection chains read: (policy, by NodePort).
+const ENDPOINT_MAPS: [(&str, bool); 4] = [
+    ("cluster", false),
+    ("cluster", true),
+    ("local", false),
+    ("local", true),
+];
+
+/// Selection chains for 1 to this many endpoints always exist, so that a partial sync
+/// rarely needs a new one (it cannot add one: see [`write_endpoint_maps`]).
+const PRESET_SELECT: usize = 16;
+
+/// The set of `ADDR . ADDR` pairs, one per endpoint address: a DNATed packet whose source
+/// is its destination is hairpin traffic and is masqueraded.
+const HAIRPIN: &str = "hairpin-endpoints";
 
 fn family_word(f: Family) -> &'static str {
     match f {
@@ -190,6 +228,11 @@ fn setup(cfg: &Config, out: &mut String, flush_elements: bool) {
     }
     let _ = writeln!(
         out,
+        "add set {t} {HAIRPIN} {{ type {addr} . {addr} ; comment \"endpoints, for hairpin traffic\" ; }}\n\
+         add rule {t} masquerading ct status dnat {x} saddr . {x} daddr @{HAIRPIN} mark set mark or {mark}"
+    );
+    let _ = writeln!(
+        out,
         "add rule {t} masquerading mark and {mark} == 0 return\n\
          add rule {t} masquerading mark set mark xor {mark}\n\
          add rule {t} masquerading masquerade fully-random\n\
@@ -252,6 +295,9 @@ fn setup(cfg: &Config, out: &mut String, flush_elements: bool) {
             "add map {t} {name} {{ type {ty} ; comment \"{comment}\" ; }}"
         );
     }
+    if !flush_elements {
+        write_endpoint_maps(out, &t, x);
+    }
     if flush_elements {
         for m in ELEMENT_MAPS {
             let _ = writeln!(out, "flush {} {t} {m}", kind_of(m));
@@ -298,6 +344,39 @@ struct PortOut {
     sets: Vec<String>,
     commands: String,
     elements: Vec<(String, String)>,
+    /// Endpoint addresses whose hairpin traffic the `hairpin-endpoints` set masquerades.
+    hairpin: Vec<IpAddr>,
+    /// The shared selection chains its chains jump to: (policy, endpoint count).
+    selects: Vec<(Select, usize)>,
+}
+
+/// The endpoint list a selection chain picks from: the cluster-policy or local-policy one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Select {
+    Cluster,
+    Local,
+}
+
+impl Select {
+    fn word(self) -> &'static str {
+        match self {
+            Select::Cluster => "cluster",
+            Select::Local => "local",
+        }
+    }
+
+    /// The shared chain that picks one of `n` endpoints: `cluster-endpoints-10`.
+    fn chain(self, n: usize) -> String {
+        format!("{}-endpoints-{n}", self.word())
+    }
+}
+
+/// Is `c` a shared selection chain (`cluster-endpoints-N`, `local-endpoints-N`)?
+pub fn is_select_chain(c: &str) -> bool {
+    ["cluster-endpoints-", "local-endpoints-"].iter().any(|p| {
+        c.strip_prefix(p)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// Which layout to write: ours, or kube-proxy's own (anonymous `numgen … vmap` and
@@ -348,7 +427,11 @@ fn render_port(
         sets: Vec::new(),
         commands: String::new(),
         elements: Vec::new(),
+        hairpin: Vec::new(),
+        selects: Vec::new(),
     };
+    // Without affinity, endpoints need no chains of their own (see the module comment).
+    let lean = layout == Layout::Podwire && sp.sticky_seconds.is_none();
     let el = |o: &mut PortOut, map: &str, key: String| o.elements.push((map.to_string(), key));
 
     // Elements (spec §2.3).
@@ -438,11 +521,14 @@ fn render_port(
     }
 
     // Chains (spec §2.4): declared first, then filled.
-    let ep_names: Vec<String> = c
-        .all_reachable
-        .iter()
-        .map(|&i| endpoint_base(sp, &eps[i]))
-        .collect();
+    let ep_names: Vec<String> = if lean {
+        Vec::new()
+    } else {
+        c.all_reachable
+            .iter()
+            .map(|&i| endpoint_base(sp, &eps[i]))
+            .collect()
+    };
     for b in &ep_names {
         o.chains.push(format!("endpoint-{b}"));
     }
@@ -534,11 +620,26 @@ fn render_port(
             );
         }
     }
-    for (chain, idx, used) in [
-        (&svc, &c.cluster, uses_cluster),
-        (&local, &c.local, uses_local),
+    for (chain, idx, used, which) in [
+        (&svc, &c.cluster, uses_cluster, Select::Cluster),
+        (&local, &c.local, uses_local, Select::Local),
     ] {
         if !used {
+            continue;
+        }
+        if lean {
+            select_elements(&mut o.elements, sp, eps, idx, &pol, which);
+            // Only an endpoint on this node (or of unknown node) can send hairpin traffic here.
+            o.hairpin.extend(
+                idx.iter()
+                    .map(|&i| &eps[i])
+                    .filter(|e| !e.remote)
+                    .map(|e| e.ip),
+            );
+            if !idx.is_empty() {
+                o.selects.push((which, idx.len()));
+                let _ = writeln!(cmd, "add rule {t} {chain} goto {}", which.chain(idx.len()));
+            }
             continue;
         }
         let names: Vec<String> = idx.iter().map(|&i| endpoint_base(sp, &eps[i])).collect();
@@ -595,18 +696,75 @@ fn render_port(
     o
 }
 
+/// The elements of the `which` endpoint maps for one policy chain's endpoints `idx`: for
+/// every destination that reaches that chain, `DEST . i : ADDR . PORT`, `i` the value of
+/// the selection chain's `numgen random mod N`.
+fn select_elements(
+    out: &mut Vec<(String, String)>,
+    sp: &ServicePort,
+    eps: &[Endpoint],
+    idx: &[usize],
+    pol: &Policy,
+    which: Select,
+) {
+    let p = sp.protocol;
+    let w = which.word();
+    let internal = pol.has_internal && (pol.internal_local == (which == Select::Local));
+    // External traffic reaches the cluster chain by its policy or, under
+    // externalTrafficPolicy Local, by the short-circuits for pod and node traffic.
+    let external = pol.uses_external_chain
+        && match which {
+            Select::Cluster => true,
+            Select::Local => pol.external_local && pol.has_external,
+        };
+    let mut dests: Vec<String> = Vec::new();
+    if internal {
+        dests.push(format!("{} . {p} . {}", sp.cluster_ip, sp.port));
+    }
+    if external {
+        for ip in sp.external_ips.iter().chain(&sp.lb_vips) {
+            dests.push(format!("{ip} . {p} . {}", sp.port));
+        }
+    }
+    for (i, &e) in idx.iter().enumerate() {
+        let e = &eps[e];
+        for d in &dests {
+            out.push((
+                format!("{w}-endpoints"),
+                format!("{d} . {i} : {} . {}", e.ip, e.port),
+            ));
+        }
+        if external && sp.node_port != 0 {
+            out.push((
+                format!("{w}-nodeport-endpoints"),
+                format!("{p} . {} . {i} : {} . {}", sp.node_port, e.ip, e.port),
+            ));
+        }
+    }
+}
+
 /// The element's key (what `delete element` names): the text before ` comment` / ` :`.
 fn element_key(e: &str) -> &str {
-    let end = [e.find(" comment "), e.find(" : ")]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(e.len());
-    &e[..end]
+    // A byte scan, not two substring searches: it runs for every element of every
+    // unchanged service on each partial sync.
+    let b = e.as_bytes();
+    let mut i = 0;
+    while let Some(p) = b[i..].iter().position(|&c| c == b' ') {
+        let rest = &b[i + p + 1..];
+        if rest.starts_with(b": ") || rest.starts_with(b"comment ") {
+            return &e[..i + p];
+        }
+        i += p + 1;
+    }
+    e
 }
 
 fn kind_of(map: &str) -> &'static str {
-    if map == "cluster-ips" { "set" } else { "map" }
+    if map == "cluster-ips" || map == HAIRPIN {
+        "set"
+    } else {
+        "map"
+    }
 }
 
 /// Generate the `nft -f` transaction for `objs`. With `plan.previous` (and no config
@@ -622,8 +780,9 @@ pub fn generate_layout(cfg: &Config, objs: &Objects, plan: &SyncPlan, layout: La
     let groups = proxier::groups(objs);
     let prev = plan.previous.as_ref();
     let seed = prev.map_or_else(random_seed, |p| p.seed);
-    // The backend is part of the fingerprint: an iptables state never passes for ours.
-    let fingerprint = config_fingerprint(cfg, false) ^ 0x6e66_7461_626c_6573;
+    // The backend and its layout are part of the fingerprint: an iptables state, or one
+    // of an older layout, never passes for this one.
+    let fingerprint = config_fingerprint(cfg, false) ^ 0x6e66_7461_626c_6573 ^ LAYOUT_VERSION;
     let partial = !plan.full && prev.is_some_and(|p| p.fingerprint == fingerprint);
     let x = family_word(cfg.family);
     let t = format!("{x} {TABLE}");
@@ -635,45 +794,51 @@ pub fn generate_layout(cfg: &Config, objs: &Objects, plan: &SyncPlan, layout: La
     out.state.fingerprint = fingerprint;
     let mut text = String::new();
     setup(cfg, &mut text, !partial);
-    let mut deletes = String::new();
-    let mut adds = String::new();
+    let mut deletes = Elements::default();
+    let mut adds = Elements::default();
     let mut chains_text = String::new();
+    // Chains (and affinity sets) of the services written now; an unchanged service's are
+    // active too, but only looked at when the kernel's list must be checked against them.
     let mut active: BTreeSet<String> = BTreeSet::new();
     let mut key = String::new();
-    let mut seen: BTreeSet<Arc<str>> = BTreeSet::new();
-    // Element keys in use (map, key): a second service claiming one (two NodePort
-    // services on one port) is skipped with a warning, not allowed to fail the sync.
-    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
-    if partial {
-        for g in &groups {
-            let k = g.key(&mut key);
-            if let Some(o) = prev
-                .and_then(|p| p.services.get(k))
-                .filter(|o| o.digest == group_digest(seed, g))
-            {
-                for e in &o.elements {
-                    if let Some((m, el)) = e.split_once('\t') {
-                        taken.insert(format!("{m}\t{}", element_key(el)));
-                    }
-                }
-            }
+    let mut seen: foldhash::HashSet<Arc<str>> = foldhash::HashSet::default();
+    // Hairpin pairs are shared by every service with that endpoint address: the set holds
+    // the union, so they are added and deleted as the union changes, never per service.
+    let mut hairpin: BTreeSet<&str> = BTreeSet::new();
+    let mut new_hairpin: BTreeSet<String> = BTreeSet::new();
+    // Element keys in use, (map, key): a second service claiming one (two NodePort
+    // services on one port) is skipped with a warning, not allowed to fail the sync. The
+    // unchanged services' keys are borrowed from the previous state, the new ones owned.
+    let digests: Vec<u64> = groups.iter().map(|g| group_digest(seed, g)).collect();
+    let unchanged = |g: &proxier::Group, d: u64, key: &mut String| {
+        prev.and_then(|p| p.services.get(g.key(key)))
+            .filter(|o| partial && o.digest == d)
+    };
+    let mut taken_before: foldhash::HashSet<(&str, &str)> = foldhash::HashSet::default();
+    let mut unchanged_states: Vec<&ServiceState> = Vec::new();
+    for (g, &d) in groups.iter().zip(&digests) {
+        if let Some(o) = unchanged(g, d, &mut key) {
+            unchanged_states.push(o);
+            taken_before.extend(own_elements(o).map(|(m, el)| (m, element_key(el))));
         }
     }
-    for g in &groups {
-        let d = group_digest(seed, g);
+    let mut taken: foldhash::HashSet<String> = foldhash::HashSet::default();
+    let mut changed_before: Vec<&ServiceState> = Vec::new();
+    for (g, &d) in groups.iter().zip(&digests) {
         let k: Arc<str> = Arc::from(g.key(&mut key));
         seen.insert(Arc::clone(&k));
         let old = prev.and_then(|p| p.services.get(&k));
         if partial {
             if let Some(o) = old.filter(|o| o.digest == d) {
-                active.extend(o.chains.iter().cloned());
+                hairpin.extend(hairpin_of(o));
                 out.state.services.insert(k, Arc::clone(o));
                 continue;
             }
             // Changed: its old elements go (re-added below if still wanted).
-            for e in old.iter().flat_map(|o| o.elements.iter()) {
-                if let Some((m, el)) = e.split_once('\t') {
-                    let _ = writeln!(deletes, "delete element {t} {m} {{ {} }}", element_key(el));
+            if let Some(o) = old {
+                changed_before.push(o);
+                for (m, el) in own_elements(o) {
+                    deletes.push(m, element_key(el));
                 }
             }
         }
@@ -689,6 +854,8 @@ pub fn generate_layout(cfg: &Config, objs: &Objects, plan: &SyncPlan, layout: La
             ..Default::default()
         };
         let mut cluster_ips: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut pairs: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut selects: BTreeSet<String> = BTreeSet::new();
         for (i, sp) in m.ports.iter().enumerate() {
             let eps = m.endpoints_of(i);
             let c = categorize(sp, eps);
@@ -699,60 +866,256 @@ pub fn generate_layout(cfg: &Config, objs: &Objects, plan: &SyncPlan, layout: La
                 if map == "cluster-ips" && !cluster_ips.insert(sp.cluster_ip) {
                     continue;
                 }
-                if !taken.insert(format!("{map}\t{}", element_key(&e))) {
-                    out.warnings.push(format!(
-                        "Service {}: {map} {{ {} }} is another service's already; skipped",
-                        sp.svc_port_name(),
-                        element_key(&e)
-                    ));
+                let ek = element_key(&e);
+                if taken_before.contains(&(map.as_str(), ek))
+                    || !taken.insert(format!("{map}\t{ek}"))
+                {
+                    // Endpoint elements follow their destination's, already warned of.
+                    if !map.ends_with("endpoints") {
+                        out.warnings.push(format!(
+                            "Service {}: {map} {{ {ek} }} is another service's already; skipped",
+                            sp.svc_port_name(),
+                        ));
+                    }
                     continue;
                 }
-                let _ = writeln!(adds, "add element {t} {map} {{ {e} }}");
+                adds.push(&map, &e);
                 st.elements.push(format!("{map}\t{e}"));
             }
+            pairs.extend(po.hairpin);
+            selects.extend(po.selects.iter().map(|&(w, n)| w.chain(n)));
             active.extend(po.chains.iter().cloned());
             active.extend(po.sets.iter().cloned());
             st.chains.extend(po.chains);
             st.chains.extend(po.sets);
         }
+        st.elements
+            .extend(pairs.iter().map(|ip| format!("{HAIRPIN}\t{ip} . {ip}")));
+        new_hairpin.extend(pairs.iter().map(|ip| format!("{ip} . {ip}")));
+        active.extend(selects.iter().cloned());
+        st.chains.extend(selects);
         out.written_services += 1;
         out.state.services.insert(k, Arc::new(st));
     }
     // Services that are gone: their elements go (their chains become stale below).
     if partial {
         for (k, o) in prev.map(|p| p.services.iter()).into_iter().flatten() {
-            if seen.contains(k) {
-                continue;
-            }
-            for e in &o.elements {
-                if let Some((m, el)) = e.split_once('\t') {
-                    let _ = writeln!(deletes, "delete element {t} {m} {{ {} }}", element_key(el));
+            if !seen.contains(k) {
+                changed_before.push(o);
+                for (m, el) in own_elements(o) {
+                    deletes.push(m, element_key(el));
                 }
             }
         }
     }
-    text.push_str(&deletes);
-    text.push_str(&chains_text);
-    text.push_str(&adds);
-    // Stale per-service chains and affinity sets: what the previous state or the kernel
-    // has and this sync does not.
-    let mut stale: BTreeSet<String> = plan.existing_chains.clone();
+    let now_hairpin: BTreeSet<&str> = hairpin
+        .iter()
+        .copied()
+        .chain(new_hairpin.iter().map(String::as_str))
+        .collect();
+    // Selection chains: a partial sync cannot add one (see `write_endpoint_maps`); if it
+    // needs one the last sync did not leave, it becomes a full sync.
+    let mut known: BTreeSet<String> = plan
+        .existing_chains
+        .iter()
+        .filter(|c| is_select_chain(c))
+        .cloned()
+        .collect();
     if let Some(p) = prev {
-        stale.extend(p.services.values().flat_map(|s| s.chains.iter().cloned()));
+        for s in p.services.values() {
+            known.extend(s.chains.iter().filter(|c| is_select_chain(c)).cloned());
+        }
     }
+    if partial {
+        known.extend(preset_select());
+        if active
+            .iter()
+            .any(|c| is_select_chain(c) && !known.contains(c))
+        {
+            return generate_layout(
+                cfg,
+                objs,
+                &SyncPlan {
+                    full: true,
+                    ..plan.clone()
+                },
+                layout,
+            );
+        }
+        // They all stay: removing one is a full sync's work.
+        active.extend(known.iter().cloned());
+    } else {
+        let wanted: BTreeSet<String> = active
+            .iter()
+            .filter(|c| is_select_chain(c))
+            .cloned()
+            .chain(preset_select())
+            .collect();
+        write_select_section(&mut text, &t, x, &known, &wanted);
+        active.extend(wanted);
+    }
+    if partial {
+        let before: BTreeSet<&str> = prev
+            .map(|p| p.services.values().flat_map(|s| hairpin_of(s)))
+            .into_iter()
+            .flatten()
+            .collect();
+        for h in before.difference(&now_hairpin) {
+            deletes.push(HAIRPIN, h);
+        }
+        for h in now_hairpin.difference(&before) {
+            adds.push(HAIRPIN, h);
+        }
+    } else {
+        for h in &now_hairpin {
+            adds.push(HAIRPIN, h);
+        }
+    }
+    deletes.write("delete", &t, &mut text);
+    text.push_str(&chains_text);
+    adds.write("add", &t, &mut text);
+    // Stale per-service chains, selection chains and affinity sets: what the kernel, or
+    // a previous state's changed and removed services, have and this sync does not. An
+    // unchanged service keeps its chains: only the kernel's list is checked against them.
+    if !plan.existing_chains.is_empty() {
+        for o in &unchanged_states {
+            active.extend(o.chains.iter().cloned());
+        }
+    }
+    let mut stale: BTreeSet<&String> = plan.existing_chains.iter().collect();
+    let olds: Vec<&ServiceState> = if partial {
+        changed_before
+    } else {
+        prev.map(|p| p.services.values().map(|s| s.as_ref()).collect())
+            .unwrap_or_default()
+    };
+    stale.extend(olds.iter().flat_map(|s| s.chains.iter()));
     let mut cleanup = String::new();
-    for c in stale.difference(&active) {
+    // Affinity sets go in the second transaction too, after the chains that update or
+    // read them (the kernel refuses to delete a set a flushed rule of the same
+    // transaction used: EBUSY).
+    let mut sets = String::new();
+    for c in stale.into_iter().filter(|c| !active.contains(*c)) {
         if c.starts_with("affinity-") {
-            let _ = writeln!(text, "delete set {t} {c}");
-        } else if is_service_chain(c) {
+            let _ = writeln!(sets, "delete set {t} {c}");
+        } else if is_service_chain(c) || is_select_chain(c) {
             let _ = writeln!(text, "flush chain {t} {c}");
             let _ = writeln!(cleanup, "delete chain {t} {c}");
             out.deleted_chains.push(c.clone());
         }
     }
+    cleanup.push_str(&sets);
     out.text = text;
     out.cleanup = cleanup;
     out
+}
+
+/// Declare the endpoint maps. `nft` 1.0.6 cannot add a rule that reads one of them once
+/// it exists in the kernel (it rebuilds the `typeof` of `ip daddr . th dport` from the
+/// kernel and fails with "conflicting protocols specified: ip vs. th"); so a full sync
+/// deletes and makes them anew in its transaction before writing the selection chains,
+/// and a partial sync writes no selection chain (it becomes a full sync when it needs a
+/// new one). Made anew, the maps are also empty when the rules bind them: the kernel
+/// walks a map's elements each time a chain first binds it.
+fn write_endpoint_maps(out: &mut String, t: &str, x: &str) {
+    for (w, nodeport) in ENDPOINT_MAPS {
+        let (name, key, by) = if nodeport {
+            (format!("{w}-nodeport-endpoints"), String::new(), "NodePort")
+        } else {
+            (
+                format!("{w}-endpoints"),
+                format!("{x} daddr . "),
+                "destination",
+            )
+        };
+        let _ = writeln!(
+            out,
+            "add map {t} {name} {{ typeof {key}meta l4proto . th dport . numgen random mod 1 : {x} daddr . th dport ; comment \"{w}-policy endpoints by {by}\" ; }}"
+        );
+    }
+}
+
+/// A full sync's selection part: every selection chain that may exist flushed, the
+/// endpoint maps made anew, and the chains in use (and the preset ones) written.
+fn write_select_section(
+    out: &mut String,
+    t: &str,
+    x: &str,
+    known: &BTreeSet<String>,
+    wanted: &BTreeSet<String>,
+) {
+    for c in known.union(wanted) {
+        let _ = writeln!(out, "add chain {t} {c}\nflush chain {t} {c}");
+    }
+    // Declared first, so that the delete cannot fail on a table without them.
+    write_endpoint_maps(out, t, x);
+    for (w, nodeport) in ENDPOINT_MAPS {
+        let np = if nodeport { "nodeport-" } else { "" };
+        let _ = writeln!(out, "delete map {t} {w}-{np}endpoints");
+    }
+    write_endpoint_maps(out, t, x);
+    for c in wanted {
+        write_select_chain(out, t, x, c);
+    }
+}
+
+/// The preset selection chains (see [`PRESET_SELECT`]).
+fn preset_select() -> impl Iterator<Item = String> {
+    (1..=PRESET_SELECT).flat_map(|n| [Select::Cluster.chain(n), Select::Local.chain(n)])
+}
+
+/// A shared selection chain: one `dnat … numgen random mod N map` per endpoint map, the
+/// destination's (ClusterIP, external and LoadBalancer IPs) first, then the NodePort's.
+fn write_select_chain(out: &mut String, t: &str, x: &str, chain: &str) {
+    let Some((w, n)) = chain.split_once("-endpoints-") else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "add rule {t} {chain} dnat {x} to {x} daddr . meta l4proto . th dport . numgen random mod {n} map @{w}-endpoints\n\
+         add rule {t} {chain} dnat {x} to meta l4proto . th dport . numgen random mod {n} map @{w}-nodeport-endpoints"
+    );
+}
+
+/// A service's elements other than its hairpin pairs, as (map, element).
+fn own_elements(s: &ServiceState) -> impl Iterator<Item = (&str, &str)> {
+    s.elements
+        .iter()
+        .filter_map(|e| e.split_once('\t'))
+        .filter(|(m, _)| *m != HAIRPIN)
+}
+
+/// A service's hairpin pairs.
+fn hairpin_of(s: &ServiceState) -> impl Iterator<Item = &str> {
+    s.elements
+        .iter()
+        .filter_map(|e| e.split_once('\t'))
+        .filter(|(m, _)| *m == HAIRPIN)
+        .map(|(_, e)| e)
+}
+
+/// Element commands gathered per map, written as one `add element` / `delete element`
+/// per map and thousand elements: `nft` parses a list far faster than a command each.
+#[derive(Default)]
+struct Elements {
+    maps: Vec<(String, Vec<String>)>,
+}
+
+impl Elements {
+    fn push(&mut self, map: &str, e: &str) {
+        match self.maps.iter_mut().find(|(m, _)| m == map) {
+            Some((_, v)) => v.push(e.to_string()),
+            None => self.maps.push((map.to_string(), vec![e.to_string()])),
+        }
+    }
+
+    fn write(&self, verb: &str, t: &str, out: &mut String) {
+        for (map, els) in &self.maps {
+            for chunk in els.chunks(1000) {
+                let _ = writeln!(out, "{verb} element {t} {map} {{ {} }}", chunk.join(", "));
+            }
+        }
+    }
 }
 
 /// Remove everything this backend installs: both tables (`nft -f` input; a missing table

@@ -63,6 +63,8 @@ pub struct Endpoint {
     pub serving: bool,
     pub terminating: bool,
     pub is_local: bool,
+    /// Its `nodeName` names another node: its own traffic never meets this node's rules.
+    pub remote: bool,
     /// `ip:port`, `[ip]:port` for IPv6.
     pub addr: String,
 }
@@ -326,6 +328,10 @@ pub fn build_group(cfg: &Config, g: &Group) -> GroupModel {
                 }
                 let c = ep.conditions.unwrap_or_default();
                 let is_local = ep.node_name.as_deref() == Some(cfg.node_name.as_str());
+                let remote = ep
+                    .node_name
+                    .as_ref()
+                    .is_some_and(|n| !is_local && !n.is_empty());
                 seq += 1;
                 by_port[slot].2.push((
                     seq,
@@ -336,6 +342,7 @@ pub fn build_group(cfg: &Config, g: &Group) -> GroupModel {
                         serving: c.serving.unwrap_or(true),
                         terminating: c.terminating.unwrap_or(false),
                         is_local,
+                        remote,
                         addr: join_host_port(ip, pport as u16),
                     },
                 ));

@@ -95,6 +95,7 @@ fn nft_object_name(v: &str) -> bool {
         "firewall-",
         "endpoint-",
         "affinity-",
+        "cluster-endpoints-",
     ]
     .iter()
     .any(|p| v.starts_with(p));

@@ -5,7 +5,10 @@
 //! (`/usr/bin/time`), each capped at `--cap` seconds. Then a one-service partial sync of
 //! the nftables backend, end to end (generate from the in-memory state + `nft -f`).
 //!
-//!   nft-bench --services 1000,3000,10000 [--cap 120]
+//!   nft-bench --services 1000,3000,10000 [--cap 120] [--only-ours]
+//!
+//! `--only-ours` skips the three other ways (their cells read "-"): for iterating on the
+//! backend, not for the record.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -13,7 +16,10 @@ use std::time::Instant;
 
 use iptables_gen::nftables::{self, Layout};
 use iptables_gen::{Config, LocalDetector, SyncPlan};
-use podwire_bench::objects;
+use podwire_bench::objects_on_nodes;
+
+/// The synthetic cluster's nodes: endpoints spread over them, this one (`node-1`) among them.
+const NODES: usize = 100;
 
 struct Remove(String);
 impl Drop for Remove {
@@ -76,6 +82,7 @@ fn cell(r: Option<(f64, f64)>, cap: u64) -> String {
 fn main() {
     let mut sizes = vec![1000usize, 3000, 10000];
     let mut cap = 120u64;
+    let mut only_ours = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -88,8 +95,9 @@ fn main() {
                     .collect()
             }
             "--cap" => cap = args.next().and_then(|v| v.parse().ok()).expect("--cap S"),
+            "--only-ours" => only_ours = true,
             _ => {
-                eprintln!("usage: nft-bench [--services N,M,...] [--cap SECONDS]");
+                eprintln!("usage: nft-bench [--services N,M,...] [--cap SECONDS] [--only-ours]");
                 std::process::exit(2);
             }
         }
@@ -101,28 +109,47 @@ fn main() {
         ..Config::default()
     };
     println!(
-        "| services | iptables-nft restore | iptables-legacy restore | kube-proxy's nftables layout (nft -f) | podwire nftables (nft -f) | podwire 1-service partial sync, end to end |"
+        "| services | iptables-nft restore | iptables-legacy restore | kube-proxy's nftables layout (nft -f) | podwire nftables (nft -f) | podwire full sync, end to end (generate + nft -f) | podwire 1-service partial sync, end to end |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for &n in &sizes {
-        let objs = objects(n, 10, true);
-        let ipt = iptables_gen::generate(&cfg, &objs, &SyncPlan::full());
+        let objs = objects_on_nodes(n, 10, true, NODES);
+        let t0 = Instant::now();
         let ours = nftables::generate(&cfg, &objs, &SyncPlan::full());
-        let kp = nftables::generate_layout(&cfg, &objs, &SyncPlan::full(), Layout::KubeProxy);
+        let gen_s = t0.elapsed().as_secs_f64();
         let nft_bin = "/usr/sbin/nft";
         let r_nft = apply("ours", &[nft_bin, "-f", "-"], &ours.text, cap);
-        let r_kp = apply("kp", &[nft_bin, "-f", "-"], &kp.text, cap);
-        let r_legacy = apply(
-            "legacy",
-            &["/usr/sbin/iptables-legacy-restore", "-w", "5", "--noflush"],
-            &ipt.text,
-            cap,
-        );
-        let r_ipt_nft = apply(
-            "iptnft",
-            &["/usr/sbin/iptables-nft-restore", "-w", "5", "--noflush"],
-            &ipt.text,
-            cap,
+        let (r_kp, r_legacy, r_ipt_nft) = if only_ours {
+            (None, None, None)
+        } else {
+            let ipt = iptables_gen::generate(&cfg, &objs, &SyncPlan::full());
+            let kp = nftables::generate_layout(&cfg, &objs, &SyncPlan::full(), Layout::KubeProxy);
+            (
+                apply("kp", &[nft_bin, "-f", "-"], &kp.text, cap),
+                apply(
+                    "legacy",
+                    &["/usr/sbin/iptables-legacy-restore", "-w", "5", "--noflush"],
+                    &ipt.text,
+                    cap,
+                ),
+                apply(
+                    "iptnft",
+                    &["/usr/sbin/iptables-nft-restore", "-w", "5", "--noflush"],
+                    &ipt.text,
+                    cap,
+                ),
+            )
+        };
+        let other = |r| {
+            if only_ours {
+                "-".to_string()
+            } else {
+                cell(r, cap)
+            }
+        };
+        let end_to_end = r_nft.map_or_else(
+            || format!("> {cap} s (stopped)"),
+            |(s, _)| format!("{:.2} s (generate {:.2})", s + gen_s, gen_s),
         );
         // Partial: the full ruleset applied, then one service's endpoint changes; the time
         // from the changed objects to the kernel holding them.
@@ -142,7 +169,7 @@ fn main() {
         };
         let partial = netns::run_in(&ns, || {
             nft(&ours.text);
-            let mut cur = objects(n, 10, true);
+            let mut cur = objects_on_nodes(n, 10, true, NODES);
             let mut st = ours.state.clone();
             let mut times = Vec::new();
             for k in 0..5 {
@@ -176,10 +203,10 @@ fn main() {
         .expect("run_in");
         let (partial, partial_gen) = partial;
         println!(
-            "| {n} × 10 | {} | {} | {} | {} | {partial:.1} ms (generate {partial_gen:.1}) |",
-            cell(r_ipt_nft, cap),
-            cell(r_legacy, cap),
-            cell(r_kp, cap),
+            "| {n} × 10 | {} | {} | {} | {} | {end_to_end} | {partial:.1} ms (generate {partial_gen:.1}) |",
+            other(r_ipt_nft),
+            other(r_legacy),
+            other(r_kp),
             cell(r_nft, cap),
         );
     }
