@@ -30,7 +30,7 @@
 //!
 //! Syncs: a full sync rewrites every chain and every set/map element (affinity sets are
 //! added, never flushed, so ClientIP affinity survives) and makes the endpoint maps anew
-//! (see [`write_endpoint_maps`] for why); a partial sync (a previous state and no config
+//! (see `write_endpoint_maps` for why); a partial sync (a previous state and no config
 //! change) rewrites only the chains and elements of services that changed. Chains that
 //! went away are flushed in the main transaction and deleted in a second one
 //! ([`Generated::cleanup`]), as kube-proxy does: before Linux 6.2 a chain a just-deleted

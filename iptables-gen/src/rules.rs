@@ -304,15 +304,78 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
     let groups = proxier::groups(objs);
     let prev = plan.previous.as_ref();
     let seed = prev.map_or_else(random_seed, |p| p.seed);
-    let mut warnings = Vec::new();
+    let mut sel = select(cfg, &groups, plan, seed);
+    let mut t = Tables::with_fixed_rules(cfg, groups.len(), &sel);
+    let mut out = Generated {
+        large_cluster: sel.large,
+        warnings: std::mem::take(&mut sel.warnings),
+        ..Default::default()
+    };
+    out.state.seed = seed;
+    out.state.fingerprint = sel.fingerprint;
+    let model_order: Vec<OrderKey<'_>> = sel
+        .models
+        .iter()
+        .map(|m| {
+            m.as_ref()
+                .and_then(|m| m.ports.first())
+                .map(|p| (p.svc_port_name(), p.protocol))
+        })
+        .collect();
+    let order = output_order(groups.len(), &sel, &model_order);
+    let written = render_services(
+        cfg,
+        &groups,
+        prev,
+        &sel,
+        (&order, &model_order),
+        &mut t,
+        &mut out,
+    );
+    let stale = stale_chains(plan, written, &mut out);
+    for c in &stale {
+        t.nat_chains.chain(c);
+    }
+    for c in &stale {
+        t.nat_rules.line(&["-X", c]);
+    }
+    out.deleted_chains = stale;
+    nodeports_jump(cfg, &mut t.nat_rules);
+    forward_rules(cfg, &mut t.filter_rules);
+    out.text = t.assemble();
+    out
+}
 
+/// A model's output order key: its first port's (svc port name, protocol).
+type OrderKey<'a> = Option<(String, &'a str)>;
+
+/// Which services a sync re-renders: their digests, the previous state of each kept one,
+/// and the models of the others (and of kept ones whose lines must be rendered again).
+struct Selection<'p> {
+    digests: Vec<u64>,
+    models: Vec<Option<GroupModel>>,
+    kept: Vec<Option<(&'p Arc<str>, &'p Arc<ServiceState>)>>,
+    /// All endpoints, counted for large-cluster mode.
+    total: usize,
+    large: bool,
+    fingerprint: u64,
+    warnings: Vec<String>,
+}
+
+fn select<'p>(
+    cfg: &Config,
+    groups: &[proxier::Group],
+    plan: &'p SyncPlan,
+    seed: [u64; 2],
+) -> Selection<'p> {
+    let prev = plan.previous.as_ref();
     // Digests, and the models of what changed (the rest is counted from the state).
     let mut models: Vec<Option<GroupModel>> = Vec::with_capacity(groups.len());
     let mut kept: Vec<Option<(&Arc<str>, &Arc<ServiceState>)>> = Vec::with_capacity(groups.len());
     let mut digests = Vec::with_capacity(groups.len());
     let mut total = 0usize;
     let mut key = String::new();
-    for g in &groups {
+    for g in groups {
         let d = group_digest(seed, g);
         digests.push(d);
         let same = prev
@@ -344,108 +407,166 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
             models[i] = Some(proxier::build_group(cfg, g));
         }
     }
+    let mut warnings = Vec::new();
     for m in models.iter_mut().flatten() {
         warnings.append(&mut m.warnings);
     }
+    Selection {
+        digests,
+        models,
+        kept,
+        total,
+        large,
+        fingerprint,
+        warnings,
+    }
+}
 
-    let mark = cfg.masquerade_mark.as_str();
-    let v4 = cfg.family == Family::V4;
-    let mut filter_chains = Buf::new();
-    let mut filter_rules = Buf::new();
-    let mut nat_chains = Buf::new();
-    let mut nat_rules = Buf::new();
-    if kept.iter().all(Option::is_none) {
-        // A full render (measured: ~1 KiB per service and ~270 B per endpoint of rules,
-        // ~35 B per endpoint of declarations), with room for the filter table in front.
-        nat_rules
-            .0
-            .reserve(groups.len() * 1200 + total * 300 + 65536);
-        nat_chains.0.reserve(groups.len() * 100 + total * 40);
-    }
-    for c in [
-        "KUBE-SERVICES",
-        "KUBE-EXTERNAL-SERVICES",
-        "KUBE-FORWARD",
-        "KUBE-NODEPORTS",
-        "KUBE-PROXY-FIREWALL",
-    ] {
-        filter_chains.chain(c);
-    }
-    let localhost_nodeports = cfg.localhost_nodeports && v4;
-    if localhost_nodeports {
-        filter_chains.chain("KUBE-FIREWALL");
-    }
-    for c in [
-        "KUBE-SERVICES",
-        "KUBE-NODEPORTS",
-        "KUBE-POSTROUTING",
-        "KUBE-MARK-MASQ",
-    ] {
-        nat_chains.chain(c);
-    }
+/// The restore input's four parts, filled in order.
+struct Tables {
+    filter_chains: Buf,
+    filter_rules: Buf,
+    nat_chains: Buf,
+    nat_rules: Buf,
+}
 
-    // Fixed rules.
-    let mark_mask = format!("{mark}/{mark}");
-    nat_rules.line(&[
-        "-A KUBE-POSTROUTING -m mark ! --mark",
-        &mark_mask,
-        "-j RETURN",
-    ]);
-    nat_rules.line(&["-A KUBE-POSTROUTING -j MARK --xor-mark", mark]);
-    nat_rules.line(&[
-        "-A KUBE-POSTROUTING",
-        &comment("kubernetes service traffic requiring SNAT"),
-        "-j MASQUERADE",
-        if cfg.random_fully {
-            "--random-fully"
-        } else {
-            ""
-        },
-    ]);
-    nat_rules.line(&["-A KUBE-MARK-MASQ -j MARK --or-mark", mark]);
-    if localhost_nodeports {
-        filter_rules.line(&[
-            "-A KUBE-FIREWALL",
-            &comment("block incoming localnet connections"),
-            "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+impl Tables {
+    /// The fixed chains' declarations and the fixed rules (spec §3.1).
+    fn with_fixed_rules(cfg: &Config, services: usize, sel: &Selection) -> Tables {
+        let mark = cfg.masquerade_mark.as_str();
+        let v4 = cfg.family == Family::V4;
+        let mut t = Tables {
+            filter_chains: Buf::new(),
+            filter_rules: Buf::new(),
+            nat_chains: Buf::new(),
+            nat_rules: Buf::new(),
+        };
+        if sel.kept.iter().all(Option::is_none) {
+            // A full render (measured: ~1 KiB per service and ~270 B per endpoint of
+            // rules, ~35 B per endpoint of declarations), with room for the filter table.
+            t.nat_rules
+                .0
+                .reserve(services * 1200 + sel.total * 300 + 65536);
+            t.nat_chains.0.reserve(services * 100 + sel.total * 40);
+        }
+        for c in [
+            "KUBE-SERVICES",
+            "KUBE-EXTERNAL-SERVICES",
+            "KUBE-FORWARD",
+            "KUBE-NODEPORTS",
+            "KUBE-PROXY-FIREWALL",
+        ] {
+            t.filter_chains.chain(c);
+        }
+        let localhost_nodeports = cfg.localhost_nodeports && v4;
+        if localhost_nodeports {
+            t.filter_chains.chain("KUBE-FIREWALL");
+        }
+        for c in [
+            "KUBE-SERVICES",
+            "KUBE-NODEPORTS",
+            "KUBE-POSTROUTING",
+            "KUBE-MARK-MASQ",
+        ] {
+            t.nat_chains.chain(c);
+        }
+        let mark_mask = format!("{mark}/{mark}");
+        t.nat_rules.line(&[
+            "-A KUBE-POSTROUTING -m mark ! --mark",
+            &mark_mask,
+            "-j RETURN",
         ]);
+        t.nat_rules
+            .line(&["-A KUBE-POSTROUTING -j MARK --xor-mark", mark]);
+        t.nat_rules.line(&[
+            "-A KUBE-POSTROUTING",
+            &comment("kubernetes service traffic requiring SNAT"),
+            "-j MASQUERADE",
+            if cfg.random_fully {
+                "--random-fully"
+            } else {
+                ""
+            },
+        ]);
+        t.nat_rules
+            .line(&["-A KUBE-MARK-MASQ -j MARK --or-mark", mark]);
+        if localhost_nodeports {
+            t.filter_rules.line(&[
+                "-A KUBE-FIREWALL",
+                &comment("block incoming localnet connections"),
+                "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+            ]);
+        }
+        t
     }
 
-    let mut out = Generated {
-        large_cluster: large,
-        ..Default::default()
-    };
-    out.state.seed = seed;
-    out.state.fingerprint = fingerprint;
+    /// `*filter`, its chains and rules, then `*nat`'s. Everything before the nat rules
+    /// goes in front of them in their own buffer: one move of the (largest) buffer
+    /// instead of a copy into a new one.
+    fn assemble(self) -> String {
+        let mut head = String::with_capacity(
+            self.filter_chains.0.len() + self.filter_rules.0.len() + self.nat_chains.0.len() + 32,
+        );
+        head.push_str("*filter\n");
+        head.push_str(&self.filter_chains.0);
+        head.push_str(&self.filter_rules.0);
+        head.push_str("COMMIT\n*nat\n");
+        head.push_str(&self.nat_chains.0);
+        let mut text = self.nat_rules.0;
+        text.reserve(head.len() + 8);
+        text.insert_str(0, &head);
+        text.push_str("COMMIT\n");
+        text
+    }
+}
 
-    // Output order: by the first port's (svc port name, protocol), as kube-proxy sorts.
-    let model_order: Vec<Option<(String, &str)>> = models
-        .iter()
-        .map(|m| {
-            m.as_ref()
-                .and_then(|m| m.ports.first())
-                .map(|p| (p.svc_port_name(), p.protocol))
-        })
-        .collect();
-    let order: Vec<Option<(&str, &str)>> = (0..groups.len())
-        .map(|i| match (&model_order[i], kept[i]) {
-            (Some((a, b)), _) => Some((a.as_str(), *b)),
-            (None, Some((_, k))) if models[i].is_none() => {
-                k.order.as_ref().map(|(a, b)| (a.as_str(), b.as_str()))
-            }
-            _ => None,
-        })
-        .collect();
-    // Groups without ports write nothing; the others have unique orders.
-    let mut idx: Vec<usize> = (0..groups.len()).filter(|&i| order[i].is_some()).collect();
+/// Output order: by the first port's (svc port name, protocol), as kube-proxy sorts;
+/// groups without ports (they write nothing) last. `model_order` holds each model's key.
+fn output_order(n: usize, sel: &Selection, model_order: &[OrderKey<'_>]) -> Vec<usize> {
+    let order: Vec<Option<(&str, &str)>> = (0..n).map(|i| order_key(sel, model_order, i)).collect();
+    let mut idx: Vec<usize> = (0..n).filter(|&i| order[i].is_some()).collect();
     idx.sort_unstable_by(|&a, &b| order[a].cmp(&order[b]));
-    idx.extend((0..groups.len()).filter(|&i| order[i].is_none()));
+    idx.extend((0..n).filter(|&i| order[i].is_none()));
+    idx
+}
 
-    // Chains of previous services that were re-rendered or are gone: candidates for -X.
+/// Group `i`'s output order key: from its model, else from its kept state.
+fn order_key<'a>(
+    sel: &'a Selection,
+    model_order: &'a [OrderKey<'a>],
+    i: usize,
+) -> Option<(&'a str, &'a str)> {
+    match (&model_order[i], sel.kept[i]) {
+        (Some((a, b)), _) => Some((a.as_str(), *b)),
+        (None, Some((_, k))) if sel.models[i].is_none() => {
+            k.order.as_ref().map(|(a, b)| (a.as_str(), b.as_str()))
+        }
+        _ => None,
+    }
+}
+
+/// What [`render_services`] tells the stale-chain pass: previous chains of services that
+/// were re-rendered or went away, and the re-rendered services.
+struct Written<'p> {
+    candidates: BTreeSet<&'p str>,
+    rewritten: Vec<Arc<str>>,
+}
+
+/// Every service's lines, in `order`: a kept one's copied from its state, the others
+/// rendered (their chains too, unless kept); `out.state.services` filled.
+fn render_services<'p>(
+    cfg: &Config,
+    groups: &[proxier::Group],
+    prev: Option<&'p SyncState>,
+    sel: &Selection<'p>,
+    (order, model_order): (&[usize], &[OrderKey<'_>]),
+    t: &mut Tables,
+    out: &mut Generated,
+) -> Written<'p> {
     // Mostly unchanged: start from the previous map (refcount copies) rather than
     // inserting every service again.
     let cloned = match prev {
-        Some(p) if kept.iter().any(Option::is_some) => {
+        Some(p) if sel.kept.iter().any(Option::is_some) => {
             out.state.services = p.services.clone();
             true
         }
@@ -454,16 +575,19 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
             false
         }
     };
-    let mut candidates: BTreeSet<&str> = BTreeSet::new();
-    let mut rewritten: Vec<Arc<str>> = Vec::new();
+    let mut w = Written {
+        candidates: BTreeSet::new(),
+        rewritten: Vec::new(),
+    };
+    let mut key = String::new();
     // Previous services still present: when all are, none went away (no scan needed).
     let mut seen_prev = 0usize;
-    for &i in &idx {
+    for &i in order {
         let g = &groups[i];
-        if let Some((k, st)) = kept[i] {
+        if let Some((k, st)) = sel.kept[i] {
             if let Some((f, n)) = &st.shared {
-                filter_rules.0.push_str(f);
-                nat_rules.0.push_str(n);
+                t.filter_rules.0.push_str(f);
+                t.nat_rules.0.push_str(n);
                 if !cloned {
                     out.state.services.insert(Arc::clone(k), Arc::clone(st));
                 }
@@ -471,15 +595,15 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
                 continue;
             }
         }
-        let Some(m) = &models[i] else { continue };
-        let write_chains = kept[i].is_none();
+        let Some(m) = &sel.models[i] else { continue };
+        let write_chains = sel.kept[i].is_none();
         let (mut f, mut n) = (Buf::new(), Buf::new());
         // Chains are written straight into the nat buffers (no per-service copy); the
         // service's KUBE-SERVICES lines go in front of its chain rules afterwards.
-        let pos = nat_rules.0.len();
+        let pos = t.nat_rules.0.len();
         let (mut off_chains, mut off_rules) = (Buf::off(), Buf::off());
         let (svc_chains, svc_rules) = if write_chains {
-            (&mut nat_chains, &mut nat_rules)
+            (&mut t.nat_chains, &mut t.nat_rules)
         } else {
             (&mut off_chains, &mut off_rules)
         };
@@ -487,17 +611,17 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
         for (p, sp) in m.ports.iter().enumerate() {
             let eps = m.endpoints_of(p);
             let cat = categorize(sp, eps);
-            let mut out = PortOut {
+            let mut po = PortOut {
                 filter_rules: &mut f,
                 nat_rules: &mut n,
                 svc_chains: &mut *svc_chains,
                 svc_rules: &mut *svc_rules,
                 active: &mut chains,
             };
-            write_service_port(cfg, sp, eps, &cat, large, &mut out);
+            write_service_port(cfg, sp, eps, &cat, sel.large, &mut po);
         }
-        filter_rules.0.push_str(&f.0);
-        nat_rules.0.insert_str(pos, &n.0);
+        t.filter_rules.0.push_str(&f.0);
+        t.nat_rules.0.insert_str(pos, &n.0);
         let k: Arc<str> = Arc::from(g.key(&mut key));
         if prev.is_some_and(|p| p.services.contains_key(&k)) {
             seen_prev += 1;
@@ -507,11 +631,11 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
                 out.written_services += 1;
             }
             if let Some(old) = prev.and_then(|p| p.services.get(&k)) {
-                candidates.extend(old.chains.iter().map(String::as_str));
+                w.candidates.extend(old.chains.iter().map(String::as_str));
             }
-            rewritten.push(Arc::clone(&k));
+            w.rewritten.push(Arc::clone(&k));
         }
-        let chains = match kept[i] {
+        let chains = match sel.kept[i] {
             Some((_, st)) => st.chains.clone(),
             None => {
                 chains.sort();
@@ -520,9 +644,9 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
             }
         };
         let st = ServiceState {
-            digest: digests[i],
+            digest: sel.digests[i],
             endpoints: m.total_endpoints,
-            order: order[i].map(|(a, b)| (a.to_string(), b.to_string())),
+            order: order_key(sel, model_order, i).map(|(a, b)| (a.to_string(), b.to_string())),
             chains,
             shared: Some((f.0, n.0)),
             elements: Vec::new(),
@@ -538,22 +662,25 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
                 .collect();
             for (k, old) in &p.services {
                 if !present.contains(&**k) {
-                    candidates.extend(old.chains.iter().map(String::as_str));
+                    w.candidates.extend(old.chains.iter().map(String::as_str));
                     out.state.services.remove(k);
                 }
             }
         }
     }
-    let rewritten_chains: foldhash::HashSet<&str> = rewritten
+    w
+}
+
+/// Stale per-service chains, sorted: declared (so -X works even if iptables-save missed
+/// them) and deleted after every -A line. A previous chain of a re-rendered service can
+/// only come back as that service's; a chain seen in the kernel may be anyone's.
+fn stale_chains(plan: &SyncPlan, w: Written, out: &mut Generated) -> Vec<String> {
+    let rewritten_chains: foldhash::HashSet<&str> = w
+        .rewritten
         .iter()
         .filter_map(|k| out.state.services.get(k))
         .flat_map(|s| s.chains.iter().map(String::as_str))
         .collect();
-    out.warnings = warnings;
-
-    // Stale per-service chains: declared (so -X works even if iptables-save missed them)
-    // and deleted after every -A line. A previous chain of a re-rendered service can only
-    // come back as that service's; a chain seen in the kernel may be anyone's.
     let all_active: foldhash::HashSet<&str> = if plan.existing_chains.is_empty() {
         foldhash::HashSet::default()
     } else {
@@ -564,7 +691,7 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
             .collect()
     };
     let mut stale: BTreeSet<String> = BTreeSet::new();
-    for c in candidates {
+    for c in w.candidates {
         if !rewritten_chains.contains(c) && !all_active.contains(c) {
             stale.insert(c.to_string());
         }
@@ -578,16 +705,12 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
             stale.insert(c.clone());
         }
     }
-    let stale: Vec<String> = stale.into_iter().collect();
-    for c in &stale {
-        nat_chains.chain(c);
-    }
-    for c in &stale {
-        nat_rules.line(&["-X", c]);
-    }
-    out.deleted_chains = stale;
+    stale.into_iter().collect()
+}
 
-    // The NodePorts jump, last in nat KUBE-SERVICES.
+/// The NodePorts jump, last in nat KUBE-SERVICES.
+fn nodeports_jump(cfg: &Config, nat_rules: &mut Buf) {
+    let v4 = cfg.family == Family::V4;
     let np_comment =
         comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain");
     let match_all = cfg.nodeport_addresses.is_empty()
@@ -610,30 +733,34 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
             extra,
             "-j KUBE-NODEPORTS",
         ]);
-    } else {
-        let mut ips: Vec<IpAddr> = cfg
-            .node_addresses
-            .iter()
-            .copied()
-            .filter(|ip| ip.is_ipv4() == v4)
-            .filter(|ip| cfg.nodeport_addresses.iter().any(|n| n.contains(ip)))
-            .filter(|ip| !(ip.is_loopback() && (!v4 || !cfg.localhost_nodeports)))
-            .collect();
-        ips.sort();
-        ips.dedup();
-        for ip in ips {
-            let d = ip.to_string();
-            nat_rules.line(&[
-                "-A KUBE-SERVICES",
-                &np_comment,
-                "-d",
-                &d,
-                "-j KUBE-NODEPORTS",
-            ]);
-        }
+        return;
     }
+    let mut ips: Vec<IpAddr> = cfg
+        .node_addresses
+        .iter()
+        .copied()
+        .filter(|ip| ip.is_ipv4() == v4)
+        .filter(|ip| cfg.nodeport_addresses.iter().any(|n| n.contains(ip)))
+        .filter(|ip| !(ip.is_loopback() && (!v4 || !cfg.localhost_nodeports)))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    for ip in ips {
+        let d = ip.to_string();
+        nat_rules.line(&[
+            "-A KUBE-SERVICES",
+            &np_comment,
+            "-d",
+            &d,
+            "-j KUBE-NODEPORTS",
+        ]);
+    }
+}
 
-    // KUBE-FORWARD, last in filter.
+/// KUBE-FORWARD, last in filter.
+fn forward_rules(cfg: &Config, filter_rules: &mut Buf) {
+    let mark = cfg.masquerade_mark.as_str();
+    let mark_mask = format!("{mark}/{mark}");
     if !cfg.conntrack_tcp_be_liberal {
         let nf = if cfg.nfacct.contains(NFACCT_INVALID) {
             format!("-m nfacct --nfacct-name {NFACCT_INVALID}")
@@ -658,23 +785,6 @@ pub fn generate(cfg: &Config, objs: &Objects, plan: &SyncPlan) -> Generated {
         &comment("kubernetes forwarding conntrack rule"),
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
     ]);
-
-    // Everything before the nat rules goes in front of them in their own buffer: one
-    // move of the (largest) buffer instead of a copy into a new one.
-    let mut head = String::with_capacity(
-        filter_chains.0.len() + filter_rules.0.len() + nat_chains.0.len() + 32,
-    );
-    head.push_str("*filter\n");
-    head.push_str(&filter_chains.0);
-    head.push_str(&filter_rules.0);
-    head.push_str("COMMIT\n*nat\n");
-    head.push_str(&nat_chains.0);
-    let mut text = nat_rules.0;
-    text.reserve(head.len() + 8);
-    text.insert_str(0, &head);
-    text.push_str("COMMIT\n");
-    out.text = text;
-    out
 }
 
 /// Where one service port's lines go: the shared filter and nat chains, and its own
