@@ -19,6 +19,7 @@ pub mod proxier;
 pub mod render;
 pub mod rules;
 pub mod state;
+pub mod watch;
 
 pub use rules::{Generated, ServiceState, SyncPlan, SyncState};
 
@@ -46,6 +47,8 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    #[error("watch stream: {reason}")]
+    Watch { reason: String },
     #[error("state file {path} is corrupt: {reason}")]
     State { path: String, reason: String },
 }

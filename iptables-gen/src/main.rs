@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ipnet::IpNet;
@@ -14,8 +16,10 @@ use iptables_gen::apply::{
     kernel_service_chains, nft_cleanup, nft_existing, run_cmd, tool, tools,
 };
 use iptables_gen::kpc::KubeProxyConfiguration;
+use iptables_gen::watch::{self, Change, EventKind, Store};
 use iptables_gen::{
-    Config, Error, Family, LocalDetector, Result, SyncPlan, model, nftables, render, state,
+    Config, Error, Family, Generated, LocalDetector, Result, SyncPlan, SyncState, model, nftables,
+    render, state,
 };
 
 #[derive(Parser, Debug)]
@@ -110,6 +114,26 @@ struct Cli {
     /// Print kube-proxy's normalised (sorted) form instead of the raw restore input.
     #[arg(long)]
     normalize: bool,
+    /// Keep running as the node's sync loop, reading watch events (`kubectl get services
+    /// -A --watch --output-watch-events -o json`, and the same for endpointslices) from
+    /// FILE (repeatable; a FIFO, a file, or `-` for stdin). Needs --apply.
+    #[arg(long = "watch", value_name = "FILE")]
+    watch: Vec<PathBuf>,
+    /// Watch mode: the shortest time between two syncs (bursts of events coalesce).
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    min_sync_period: Duration,
+    /// Watch mode: a full sync at least this often.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    sync_period: Duration,
+    /// Watch mode: a stream whose initial list was not ended by a BOOKMARK counts as
+    /// listed after this long without an event.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    initial_list_quiet: Duration,
+}
+
+fn duration(s: &str) -> std::result::Result<Duration, String> {
+    iptables_gen::watch::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (1s, 100ms, 1h0m0s)"))
 }
 
 fn opt_err(option: &str, reason: impl Into<String>) -> Error {
@@ -370,6 +394,25 @@ fn run(cli: Cli) -> Result<()> {
         return first.map_or(Ok(()), Err);
     }
     let cfg = build_config(&cli, &kpc, nft)?;
+    let syncer = Syncer {
+        cfg,
+        nft,
+        state_dir,
+        apply: cli.apply,
+        normalize: cli.normalize,
+    };
+    if !cli.watch.is_empty() {
+        if !cli.apply {
+            return Err(opt_err("--watch", "needs --apply"));
+        }
+        if !cli.files.is_empty() {
+            return Err(opt_err(
+                "--watch",
+                "reads its objects from the streams, not files",
+            ));
+        }
+        return watch_loop(&cli, &syncer);
+    }
     let objs = read_inputs(&cli.files)?;
     for r in &objs.rejected {
         eprintln!("iptables-gen: skipped {r}");
@@ -380,8 +423,8 @@ fn run(cli: Cli) -> Result<()> {
             first: objs.rejected[0].clone(),
         });
     }
-    let prev = match &state_dir {
-        Some(d) => match state::load(d, cfg.family) {
+    let prev = match &syncer.state_dir {
+        Some(d) => match state::load(d, syncer.cfg.family) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!(
@@ -393,35 +436,63 @@ fn run(cli: Cli) -> Result<()> {
         },
         None => None,
     };
-    let mut plan = SyncPlan {
-        full: cli.full || prev.is_none(),
-        previous: prev,
-        ..Default::default()
-    };
-    if cli.apply {
-        plan.existing_chains.extend(if nft {
-            nft_existing(cfg.family)?
+    let full = cli.full || prev.is_none();
+    syncer.sync(&objs, prev, full, true).map(|_| ())
+}
+
+/// One sync's settings: what to write, and whether and where to apply and remember it.
+struct Syncer {
+    cfg: Config,
+    nft: bool,
+    state_dir: Option<PathBuf>,
+    apply: bool,
+    normalize: bool,
+}
+
+impl Syncer {
+    /// Generate the rules for `objs` (partial against `prev` unless `full`), then apply
+    /// them (or print them), remember the state, and tidy up after them. `list_kernel`:
+    /// read the kernel's per-service chains first (needed unless `prev` is known to be
+    /// what the kernel holds, as in the watch loop).
+    fn sync(
+        &self,
+        objs: &model::Objects,
+        prev: Option<SyncState>,
+        full: bool,
+        list_kernel: bool,
+    ) -> Result<Generated> {
+        let (cfg, nft) = (&self.cfg, self.nft);
+        let mut plan = SyncPlan {
+            full: full || prev.is_none(),
+            previous: prev,
+            ..Default::default()
+        };
+        if self.apply && (list_kernel || plan.full) {
+            plan.existing_chains.extend(if nft {
+                nft_existing(cfg.family)?
+            } else {
+                kernel_service_chains(cfg.family)?
+            });
+        }
+        let g = if nft {
+            nftables::generate(cfg, objs, &plan)
         } else {
-            kernel_service_chains(cfg.family)?
-        });
-    }
-    let g = if nft {
-        nftables::generate(&cfg, &objs, &plan)
-    } else {
-        iptables_gen::generate(&cfg, &objs, &plan)
-    };
-    // The nftables generator decides full or partial from the state's fingerprint too.
-    let full = plan.full || (nft && g.full);
-    for w in &g.warnings {
-        eprintln!("iptables-gen: {w}");
-    }
-    let st = &g.state;
-    if cli.apply {
+            iptables_gen::generate(cfg, objs, &plan)
+        };
+        // The nftables generator decides full or partial from the state's fingerprint too.
+        let full = plan.full || (nft && g.full);
+        for w in &g.warnings {
+            eprintln!("iptables-gen: {w}");
+        }
+        if !self.apply {
+            self.print(&g)?;
+            return Ok(g);
+        }
         let applied = if nft {
             run_cmd(&tool("nft")?, &["-f", "-"], Some(g.text.as_bytes()))
         } else {
             if plan.full {
-                ensure_jumps(&cfg)?;
+                ensure_jumps(cfg)?;
             }
             run_cmd(
                 &tool(tools(cfg.family).1)?,
@@ -429,76 +500,249 @@ fn run(cli: Cli) -> Result<()> {
                 Some(g.text.as_bytes()),
             )
         };
-        match applied {
-            Ok(_) => {
-                if let Some(d) = &state_dir {
-                    state::save_pending(d, cfg.family, st)?;
-                    state::commit(d, cfg.family)?;
-                }
-                if !g.cleanup.is_empty() {
-                    // Chains flushed by the main transaction; an older kernel may refuse
-                    // to delete them yet (they stay empty; the next full sync removes them).
-                    if let Err(e) = run_cmd(&tool("nft")?, &["-f", "-"], Some(g.cleanup.as_bytes()))
-                    {
-                        eprintln!(
-                            "iptables-gen: stale chains left flushed: {}",
-                            iptables_gen::error_chain(&e)
-                        );
-                    }
-                }
-                if g.written_services > 0 || !g.deleted_chains.is_empty() {
-                    clear_stale_udp_flows(&cfg, &objs);
-                }
-                if plan.full {
-                    // Switching backends: the other one's rules go, as in kube-proxy.
-                    let other = if nft {
-                        tool(tools(cfg.family).1).and_then(|_| iptables_cleanup(cfg.family))
-                    } else {
-                        tool("nft").and_then(|_| nft_cleanup(cfg.family))
-                    };
-                    if let Err(e) = other {
-                        eprintln!(
-                            "iptables-gen: could not remove the other backend's rules: {}",
-                            iptables_gen::error_chain(&e)
-                        );
-                    }
-                }
+        if let Err(e) = applied {
+            if let Some(d) = &self.state_dir {
+                state::invalidate(d, cfg.family);
+            }
+            return Err(e);
+        }
+        if let Some(d) = &self.state_dir {
+            state::save_pending(d, cfg.family, &g.state)?;
+            state::commit(d, cfg.family)?;
+        }
+        if !g.cleanup.is_empty() {
+            // Chains flushed by the main transaction; an older kernel may refuse to
+            // delete them yet (they stay empty; the next full sync removes them).
+            if let Err(e) = run_cmd(&tool("nft")?, &["-f", "-"], Some(g.cleanup.as_bytes())) {
                 eprintln!(
-                    "iptables-gen: applied {} sync: {} service(s) written, {} chain(s) deleted{}",
-                    if full { "full" } else { "partial" },
-                    g.written_services,
-                    g.deleted_chains.len(),
-                    if nft { " (nftables)" } else { "" }
+                    "iptables-gen: stale chains left flushed: {}",
+                    iptables_gen::error_chain(&e)
                 );
             }
-            Err(e) => {
-                if let Some(d) = &state_dir {
-                    state::invalidate(d, cfg.family);
-                }
-                return Err(e);
+        }
+        if g.written_services > 0 || !g.deleted_chains.is_empty() {
+            clear_stale_udp_flows(cfg, objs);
+        }
+        if plan.full {
+            // Switching backends: the other one's rules go, as in kube-proxy.
+            let other = if nft {
+                tool(tools(cfg.family).1).and_then(|_| iptables_cleanup(cfg.family))
+            } else {
+                tool("nft").and_then(|_| nft_cleanup(cfg.family))
+            };
+            if let Err(e) = other {
+                eprintln!(
+                    "iptables-gen: could not remove the other backend's rules: {}",
+                    iptables_gen::error_chain(&e)
+                );
             }
         }
-    } else {
-        if let Some(d) = &state_dir {
-            state::save_pending(d, cfg.family, st)?;
+        eprintln!(
+            "iptables-gen: applied {} sync: {} service(s) written, {} chain(s) deleted{}",
+            if full { "full" } else { "partial" },
+            g.written_services,
+            g.deleted_chains.len(),
+            if nft { " (nftables)" } else { "" }
+        );
+        Ok(g)
+    }
+
+    /// Pipeline mode: the rules on stdout, the state pending until `--commit`.
+    fn print(&self, g: &Generated) -> Result<()> {
+        if let Some(d) = &self.state_dir {
+            state::save_pending(d, self.cfg.family, &g.state)?;
         }
-        let text = if cli.normalize && !nft {
+        let text = if self.normalize && !self.nft {
             render::normalize(&g.text)?
-        } else if nft {
+        } else if self.nft {
             // One input for `nft -f`: the deletions of flushed chains last (kernels
             // before 6.2 refuse them in the same transaction: use --apply there).
             format!("{}{}", g.text, g.cleanup)
         } else {
-            g.text
+            g.text.clone()
         };
         let mut out = std::io::stdout().lock();
         out.write_all(text.as_bytes()).map_err(|e| Error::Io {
             op: "write",
             path: "stdout".into(),
             source: e,
-        })?;
+        })
     }
-    Ok(())
+}
+
+/// What the watch loop waits for.
+enum Msg {
+    Event(usize, watch::Event),
+    /// A stream ended: EOF (None) or a read/parse error.
+    End(usize, Option<Error>),
+    Signal(nix::sys::signal::Signal),
+}
+
+/// The node's sync loop (`--watch`): kube-proxy's semantics. No sync before every stream
+/// has delivered its initial list (a BOOKMARK, or `--initial-list-quiet` without an
+/// event); then a sync at most every `--min-sync-period` while events come, partial
+/// against the last applied state, and a full one at least every `--sync-period`, first,
+/// and after a failed apply. A stream that ends or sends ERROR ends the loop with an error
+/// (a supervisor restarts it; its first sync is full); SIGTERM or SIGINT end it with
+/// success, the rules left in place.
+fn watch_loop(cli: &Cli, syncer: &Syncer) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    // Blocked here, before any thread starts, so only the waiting thread takes them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().map_err(|e| Error::Watch {
+        reason: format!("block SIGTERM/SIGINT: {e}"),
+    })?;
+    let (tx, rx) = mpsc::channel::<Msg>();
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                let _ = tx.send(Msg::Signal(sig));
+            }
+        });
+    }
+    let names: Vec<String> = cli.watch.iter().map(|p| p.display().to_string()).collect();
+    for (i, path) in cli.watch.iter().enumerate() {
+        let tx = tx.clone();
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let reader: Box<dyn Read + Send> = if path == Path::new("-") {
+                Box::new(std::io::stdin())
+            } else {
+                // A FIFO blocks here until its writer opens it: only this thread waits.
+                match std::fs::File::open(&path) {
+                    Ok(f) => Box::new(f),
+                    Err(e) => {
+                        let _ = tx.send(Msg::End(
+                            i,
+                            Some(Error::Io {
+                                op: "open",
+                                path: path.display().to_string(),
+                                source: e,
+                            }),
+                        ));
+                        return;
+                    }
+                }
+            };
+            let reader = std::io::BufReader::with_capacity(1 << 16, reader);
+            for ev in watch::events(reader) {
+                match ev {
+                    Ok(ev) => {
+                        if tx.send(Msg::Event(i, ev)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Msg::End(i, Some(e)));
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Msg::End(i, None));
+        });
+    }
+    drop(tx);
+
+    let start = Instant::now();
+    let mut store = Store::default();
+    let mut last_event = vec![start; names.len()];
+    let mut listed = vec![false; names.len()];
+    let mut dirty = false;
+    let mut need_full = true;
+    let mut last_sync: Option<Instant> = None;
+    let mut last_full: Option<Instant> = None;
+    let mut prev: Option<SyncState> = None;
+    let mut warnings = Vec::new();
+    loop {
+        let now = Instant::now();
+        let deadline = if listed.iter().all(|l| *l) {
+            let earliest = last_sync.map_or(now, |t| t + cli.min_sync_period);
+            if dirty || need_full {
+                earliest
+            } else {
+                last_full.map_or(now, |t| t + cli.sync_period).max(earliest)
+            }
+        } else {
+            (0..names.len())
+                .filter(|&i| !listed[i])
+                .map(|i| last_event[i] + cli.initial_list_quiet)
+                .min()
+                .unwrap_or(now)
+        };
+        match rx.recv_timeout(deadline.saturating_duration_since(now)) {
+            Ok(Msg::Event(i, ev)) => {
+                last_event[i] = Instant::now();
+                if ev.kind == EventKind::Bookmark {
+                    listed[i] = true;
+                }
+                let change = store.apply(&ev, &mut warnings).map_err(|e| Error::Watch {
+                    reason: format!("{}: {}", names[i], iptables_gen::error_chain(&e)),
+                })?;
+                for w in warnings.drain(..) {
+                    eprintln!("iptables-gen: {}: {w}", names[i]);
+                }
+                dirty |= change != Change::None;
+            }
+            Ok(Msg::End(i, e)) => {
+                return Err(Error::Watch {
+                    reason: match e {
+                        None => format!("{} ended", names[i]),
+                        Some(e) => format!("{}: {}", names[i], iptables_gen::error_chain(&e)),
+                    },
+                });
+            }
+            Ok(Msg::Signal(sig)) => {
+                eprintln!("iptables-gen: {sig}: stopping; the rules stay in place");
+                return Ok(());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::Watch {
+                    reason: "every stream and the signal thread are gone".into(),
+                });
+            }
+        }
+        let now = Instant::now();
+        for i in 0..names.len() {
+            if !listed[i] && now >= last_event[i] + cli.initial_list_quiet {
+                listed[i] = true;
+            }
+        }
+        if !listed.iter().all(|l| *l) {
+            continue;
+        }
+        if last_full.is_none_or(|t| now >= t + cli.sync_period) {
+            need_full = true;
+        }
+        let due = last_sync.is_none_or(|t| now >= t + cli.min_sync_period);
+        if !(dirty || need_full) || !due {
+            continue;
+        }
+        let objs = store.objects();
+        let full = need_full;
+        dirty = false;
+        last_sync = Some(now);
+        match syncer.sync(&objs, prev.take(), full, false) {
+            Ok(g) => {
+                prev = Some(g.state);
+                need_full = false;
+                if full {
+                    last_full = Some(now);
+                }
+            }
+            Err(e) => {
+                // Retried as a full sync after --min-sync-period.
+                eprintln!(
+                    "iptables-gen: sync failed, retrying as a full sync: {}",
+                    iptables_gen::error_chain(&e)
+                );
+                need_full = true;
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -830,3 +830,315 @@ fn affinity_and_etp_local_with(nft: bool) {
     apply(lone);
     assert_eq!(get(&ext, "198.51.100.1", 30080), None, "dropped");
 }
+
+// ---- iptables-gen --watch: the node's sync loop ----
+
+/// A `kubectl get … --watch --output-watch-events -o json` event, printed as kubectl
+/// prints it (keys sorted, four-space indent).
+fn watch_event(kind: &str, object: &serde_json::Value) -> String {
+    let ev = serde_json::json!({"object": object, "type": kind});
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    serde::Serialize::serialize(&ev, &mut ser).unwrap();
+    out.push(b'\n');
+    String::from_utf8(out).unwrap()
+}
+
+fn svc_obj(name: &str, vip: &str, rv: u32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": rv.to_string()},
+        "spec": {"type": "ClusterIP", "clusterIP": vip,
+                 "ports": [{"name": "http", "port": 8080, "targetPort": 80, "protocol": "TCP"}]}
+    })
+}
+
+fn slice_obj(svc: &str, ips: &[&str], rv: u32) -> serde_json::Value {
+    let eps: Vec<serde_json::Value> = ips
+        .iter()
+        .map(|ip| serde_json::json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": "node-1"}))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": format!("{svc}-abc"), "namespace": "default", "resourceVersion": rv.to_string(),
+                     "labels": {"kubernetes.io/service-name": svc}},
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+        "endpoints": eps
+    })
+}
+
+fn bookmark(kind: &str, rv: u32) -> String {
+    watch_event(
+        "BOOKMARK",
+        &serde_json::json!({"kind": kind, "metadata": {"resourceVersion": rv.to_string()}}),
+    )
+}
+
+/// `iptables-gen --watch` running in the node, fed through two FIFOs (services,
+/// endpointslices) as two `kubectl … --watch` pipes would; its stderr lines collected.
+struct Watcher {
+    child: std::process::Child,
+    services: Option<std::fs::File>,
+    slices: Option<std::fs::File>,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watcher {
+    /// `quiet`: `--initial-list-quiet` ("1h": only BOOKMARKs end the initial lists).
+    fn start(node: &Ns, dir: &std::path::Path, tag: &str, nft: bool, quiet: &str) -> Watcher {
+        let svc = dir.join(format!("{tag}-services.watch"));
+        let eps = dir.join(format!("{tag}-endpointslices.watch"));
+        for f in [&svc, &eps] {
+            ok("mkfifo", &[f.to_str().unwrap()]);
+        }
+        let net = format!("--net={}", node.path().display());
+        let prog = bin("iptables-gen");
+        let mut args = vec![
+            net.as_str(),
+            "--",
+            prog.to_str().unwrap(),
+            "--watch",
+            svc.to_str().unwrap(),
+            "--watch",
+            eps.to_str().unwrap(),
+            "--apply",
+            "--hostname-override",
+            "node-1",
+            "--cluster-cidr",
+            "10.77.0.0/16",
+            "--min-sync-period",
+            "100ms",
+            "--initial-list-quiet",
+            quiet,
+        ];
+        if nft {
+            args.extend(["--backend", "nftables"]);
+        }
+        let mut child = std::process::Command::new("nsenter")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        // Each open waits for iptables-gen to open its end.
+        let open = |p: &std::path::Path| std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        Watcher {
+            child,
+            services: Some(open(&svc)),
+            slices: Some(open(&eps)),
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn services(&mut self, text: &str) {
+        self.services
+            .as_mut()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+
+    fn slices(&mut self, text: &str) {
+        self.slices
+            .as_mut()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+
+    /// Wait for a stderr line containing `what` (after the ones already waited for).
+    fn wait_line(&mut self, what: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(what) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {what:?} in 20 s; stderr so far: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < end, "iptables-gen did not exit");
+            // Collect what it says meanwhile (also the wait's pace).
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.seen.push(l);
+            }
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn watch_mode_follows_the_streams() {
+    watch_mode_follows_the_streams_with(false);
+}
+
+#[test]
+fn watch_mode_follows_the_streams_on_nftables() {
+    watch_mode_follows_the_streams_with(true);
+}
+
+fn watch_mode_follows_the_streams_with(nft: bool) {
+    use nix::sys::signal::Signal;
+    require_tool("busybox");
+    require_tool("nft");
+    let tag = if nft { "wtn" } else { "wti" };
+    let names = ["web-a", "web-b", "client"];
+    let (node, dir, ips) = node_with_pods(tag, &names);
+    let _a = serve(node.pod(0), dir.path(), names[0]);
+    let _b = serve(node.pod(1), dir.path(), names[1]);
+    let client = node.pod(2);
+    wait_for("backends listening", Duration::from_secs(10), || {
+        (get(client, &ips[0], 80).is_some() && get(client, &ips[1], 80).is_some()).then_some(())
+    });
+    let (a, b) = (ips[0].as_str(), ips[1].as_str());
+
+    // The initial lists, each ended by a BOOKMARK: one full sync, then traffic flows.
+    let mut w = Watcher::start(&node.node, dir.path(), "run1", nft, "1h");
+    w.services(&watch_event("ADDED", &svc_obj("web", VIP, 10)));
+    w.slices(&watch_event("ADDED", &slice_obj("web", &[a, b], 11)));
+    w.services(&bookmark("Service", 12));
+    w.slices(&bookmark("EndpointSlice", 12));
+    w.wait_line("applied full sync");
+    let t = tally(client, 40);
+    assert!(t.len() == 2 && t.values().all(|&c| c >= 5), "{t:?}");
+
+    // MODIFIED: web-b leaves its EndpointSlice; a partial sync follows by itself.
+    w.slices(&watch_event("MODIFIED", &slice_obj("web", &[a], 13)));
+    w.wait_line("applied partial sync: 1 service(s)");
+    assert_eq!(tally(client, 20).get(names[0]).copied(), Some(20));
+
+    // A second Service comes and goes: its rules come and go with it.
+    let vip2 = "10.96.0.12";
+    w.services(&watch_event("ADDED", &svc_obj("api", vip2, 14)));
+    w.slices(&watch_event("ADDED", &slice_obj("api", &[b], 15)));
+    wait_for("api reachable", Duration::from_secs(10), || {
+        (get(client, vip2, 8080).as_deref() == Some(names[1])).then_some(())
+    });
+    let before = snapshot(&node.node, nft);
+    assert!(before.contains("default/api"), "{before}");
+    w.services(&watch_event("DELETED", &svc_obj("api", vip2, 16)));
+    w.slices(&watch_event("DELETED", &slice_obj("api", &[b], 17)));
+    wait_for("api's rules gone", Duration::from_secs(10), || {
+        (!snapshot(&node.node, nft).contains("default/api")).then_some(())
+    });
+    assert_eq!(get(client, vip2, 8080), None);
+
+    // A stream that ends is an error: kubectl died, a supervisor restarts both.
+    w.services.take();
+    let st = w.wait_exit();
+    assert_eq!(st.code(), Some(1), "{:#?}", w.seen);
+    assert!(
+        w.seen
+            .iter()
+            .any(|l| l.contains("run1-services.watch ended")),
+        "{:#?}",
+        w.seen
+    );
+    // Its rules stay: traffic still flows.
+    assert_eq!(get(client, VIP, 8080).as_deref(), Some(names[0]));
+
+    // An ERROR event (the API server's "too old resource version") too.
+    let mut w = Watcher::start(&node.node, dir.path(), "runerr", nft, "1h");
+    w.slices(&watch_event(
+        "ERROR",
+        &serde_json::json!({"kind": "Status", "code": 410, "message": "too old resource version: 1 (2)"}),
+    ));
+    assert_eq!(w.wait_exit().code(), Some(1), "{:#?}", w.seen);
+    assert!(
+        w.seen
+            .iter()
+            .any(|l| l.contains("ERROR event (code 410): too old resource version")),
+        "{:#?}",
+        w.seen
+    );
+
+    // SIGKILL in a burst of changes, then a restart: the restart's first sync is full and
+    // the kernel ends equal to a one-shot full sync of the same objects.
+    let mut w = Watcher::start(&node.node, dir.path(), "run2", nft, "1h");
+    w.services(&watch_event("ADDED", &svc_obj("web", VIP, 20)));
+    w.slices(&watch_event("ADDED", &slice_obj("web", &[a], 21)));
+    w.services(&bookmark("Service", 22));
+    w.slices(&bookmark("EndpointSlice", 22));
+    w.wait_line("applied full sync");
+    for k in 0..40u32 {
+        let set: &[&str] = if k % 2 == 0 { &[a, b] } else { &[b] };
+        w.slices(&watch_event("MODIFIED", &slice_obj("web", set, 30 + k)));
+    }
+    w.signal(Signal::SIGKILL);
+    w.wait_exit();
+    // This time no BOOKMARK: the lists end after 300 ms without an event.
+    let mut w = Watcher::start(&node.node, dir.path(), "run3", nft, "300ms");
+    w.services(&watch_event("ADDED", &svc_obj("web", VIP, 80)));
+    w.slices(&watch_event("ADDED", &slice_obj("web", &[b], 81)));
+    w.wait_line("applied full sync");
+    // SIGTERM: a clean stop with success, the rules left in place.
+    w.signal(Signal::SIGTERM);
+    let st = w.wait_exit();
+    assert!(st.success(), "{st:?} {:#?}", w.seen);
+    let watched = snapshot(&node.node, nft);
+    assert_eq!(get(client, VIP, 8080).as_deref(), Some(names[1]));
+    let input = dir.path().join("final.json");
+    std::fs::write(
+        &input,
+        serde_json::json!({"apiVersion": "v1", "kind": "List",
+                           "items": [svc_obj("web", VIP, 80), slice_obj("web", &[b], 81)]})
+        .to_string(),
+    )
+    .unwrap();
+    let mut args = vec![
+        input.to_str().unwrap(),
+        "--hostname-override",
+        "node-1",
+        "--cluster-cidr",
+        "10.77.0.0/16",
+        "--apply",
+        "--full",
+    ];
+    if nft {
+        args.extend(["--backend", "nftables"]);
+    }
+    let o = node.node.run(bin("iptables-gen").to_str().unwrap(), &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        watched,
+        snapshot(&node.node, nft),
+        "watch vs one-shot full sync"
+    );
+}
