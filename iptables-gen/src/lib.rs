@@ -18,6 +18,7 @@ pub mod nftables;
 pub mod proxier;
 pub mod render;
 pub mod rules;
+pub mod serve;
 pub mod state;
 pub mod watch;
 

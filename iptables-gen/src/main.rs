@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -16,6 +16,7 @@ use iptables_gen::apply::{
     kernel_service_chains, nft_cleanup, nft_existing, run_cmd, tool, tools,
 };
 use iptables_gen::kpc::KubeProxyConfiguration;
+use iptables_gen::serve::{self, Health, Metrics};
 use iptables_gen::watch::{self, Change, EventKind, Store};
 use iptables_gen::{
     Config, Error, Family, Generated, LocalDetector, Result, SyncPlan, SyncState, model, nftables,
@@ -129,6 +130,13 @@ struct Cli {
     /// listed after this long without an event.
     #[arg(long, default_value = "1s", value_parser = duration)]
     initial_list_quiet: Duration,
+    /// Watch mode: serve /healthz here (kube-proxy's; unhealthy once a change waited
+    /// twice --sync-period unapplied). Empty: off.
+    #[arg(long, default_value = "127.0.0.1:10256")]
+    healthz_bind_address: String,
+    /// Watch mode: serve Prometheus /metrics here, with kube-proxy's names. Empty: off.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: String,
 }
 
 fn duration(s: &str) -> std::result::Result<Duration, String> {
@@ -594,6 +602,22 @@ fn watch_loop(cli: &Cli, syncer: &Syncer) -> Result<()> {
     signals.thread_block().map_err(|e| Error::Watch {
         reason: format!("block SIGTERM/SIGINT: {e}"),
     })?;
+    let health = Arc::new(Health::new(cli.sync_period.saturating_mul(2)));
+    let metrics = Arc::new(Metrics::new());
+    if !cli.healthz_bind_address.is_empty() {
+        serve::serve(
+            "--healthz-bind-address",
+            &cli.healthz_bind_address,
+            serve::healthz(Arc::clone(&health)),
+        )?;
+    }
+    if !cli.metrics_bind_address.is_empty() {
+        serve::serve(
+            "--metrics-bind-address",
+            &cli.metrics_bind_address,
+            serve::metrics(Arc::clone(&metrics)),
+        )?;
+    }
     let (tx, rx) = mpsc::channel::<Msg>();
     {
         let tx = tx.clone();
@@ -684,7 +708,15 @@ fn watch_loop(cli: &Cli, syncer: &Syncer) -> Result<()> {
                 for w in warnings.drain(..) {
                     eprintln!("iptables-gen: {}: {w}", names[i]);
                 }
-                dirty |= change != Change::None;
+                match change {
+                    Change::Service => metrics.service_changes.inc(),
+                    Change::EndpointSlice => metrics.endpoint_changes.inc(),
+                    Change::None => 0,
+                };
+                if change != Change::None {
+                    dirty = true;
+                    health.queued();
+                }
             }
             Ok(Msg::End(i, e)) => {
                 return Err(Error::Watch {
@@ -725,8 +757,14 @@ fn watch_loop(cli: &Cli, syncer: &Syncer) -> Result<()> {
         let full = need_full;
         dirty = false;
         last_sync = Some(now);
+        let t0 = Instant::now();
         match syncer.sync(&objs, prev.take(), full, false) {
             Ok(g) => {
+                metrics.synced(full || g.full, t0.elapsed().as_secs_f64());
+                if !syncer.nft {
+                    metrics.count_iptables(&g.text);
+                }
+                health.updated();
                 prev = Some(g.state);
                 need_full = false;
                 if full {
@@ -734,6 +772,13 @@ fn watch_loop(cli: &Cli, syncer: &Syncer) -> Result<()> {
                 }
             }
             Err(e) => {
+                if syncer.nft {
+                    metrics.nftables_failures.inc();
+                } else {
+                    metrics.restore_failures.inc();
+                }
+                // What should be applied is not: pending, as a change would be.
+                health.queued();
                 // Retried as a full sync after --min-sync-period.
                 eprintln!(
                     "iptables-gen: sync failed, retrying as a full sync: {}",

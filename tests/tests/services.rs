@@ -888,6 +888,20 @@ struct Watcher {
 impl Watcher {
     /// `quiet`: `--initial-list-quiet` ("1h": only BOOKMARKs end the initial lists).
     fn start(node: &Ns, dir: &std::path::Path, tag: &str, nft: bool, quiet: &str) -> Watcher {
+        Self::start_with(node, dir, tag, nft, quiet, &[], None)
+    }
+
+    /// [`Watcher::start`] with `extra` flags and, with `nft_over`, that file bind-mounted
+    /// over /usr/sbin/nft in a private mount namespace of its own.
+    fn start_with(
+        node: &Ns,
+        dir: &std::path::Path,
+        tag: &str,
+        nft: bool,
+        quiet: &str,
+        extra: &[&str],
+        nft_over: Option<&std::path::Path>,
+    ) -> Watcher {
         let svc = dir.join(format!("{tag}-services.watch"));
         let eps = dir.join(format!("{tag}-endpointslices.watch"));
         for f in [&svc, &eps] {
@@ -916,8 +930,29 @@ impl Watcher {
         if nft {
             args.extend(["--backend", "nftables"]);
         }
-        let mut child = std::process::Command::new("nsenter")
-            .args(&args)
+        args.extend_from_slice(extra);
+        let mut cmd = match nft_over {
+            None => {
+                let mut c = std::process::Command::new("nsenter");
+                c.args(&args);
+                c
+            }
+            Some(w) => {
+                // unshare -m makes the new mount namespace private: the host's
+                // /usr/sbin/nft is untouched.
+                let mut c = std::process::Command::new("unshare");
+                c.args([
+                    "-m",
+                    "sh",
+                    "-c",
+                    r#"mount --bind "$0" /usr/sbin/nft && exec nsenter "$@""#,
+                ])
+                .arg(w)
+                .args(&args);
+                c
+            }
+        };
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -1141,4 +1176,115 @@ fn watch_mode_follows_the_streams_with(nft: bool) {
         snapshot(&node.node, nft),
         "watch vs one-shot full sync"
     );
+}
+
+/// One HTTP/1.0 GET of `path` on the node's loopback: (status, body).
+fn http_get(node: &Ns, port: u16, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let path = path.to_string();
+    netns::run_in(&node.ns, move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        let code = r
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = r
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    })
+    .unwrap()
+}
+
+#[test]
+fn watch_mode_serves_healthz_and_metrics() {
+    use nix::sys::signal::Signal;
+    require_tool("nft");
+    let node = Ns::new("wth");
+    let dir = TempDir::new("wth");
+    // An nft that fails while `fail` exists, bind-mounted over the real one for this
+    // iptables-gen only.
+    let real = dir.path().join("nft.real");
+    std::fs::copy("/usr/sbin/nft", &real).unwrap();
+    let flag = dir.path().join("fail");
+    let wrapper = dir.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n[ -e {} ] && {{ echo injected failure >&2; exit 1; }}\nexec {} \"$@\"\n",
+            flag.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    ok("chmod", &["0755", wrapper.to_str().unwrap()]);
+    let mut w = Watcher::start_with(
+        &node,
+        dir.path(),
+        "hz",
+        true,
+        "1h",
+        &["--sync-period", "1s"],
+        Some(&wrapper),
+    );
+    w.services(&watch_event("ADDED", &svc_obj("web", VIP, 10)));
+    w.slices(&watch_event("ADDED", &slice_obj("web", &["10.77.0.9"], 11)));
+    w.services(&bookmark("Service", 12));
+    w.slices(&bookmark("EndpointSlice", 12));
+    w.wait_line("applied full sync");
+
+    let (code, body) = http_get(&node, 10256, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.starts_with(r#"{"lastUpdated": ""#) && body.contains(r#""currentTime": ""#),
+        "{body}"
+    );
+    let (code, m) = http_get(&node, 10249, "/metrics");
+    assert_eq!(code, 200);
+    for want in [
+        "kubeproxy_sync_proxy_rules_service_changes_total 1",
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total 1",
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count ",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds ",
+        "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 0",
+    ] {
+        assert!(m.contains(want), "missing {want:?}:\n{m}");
+    }
+    assert_eq!(http_get(&node, 10249, "/nothing").0, 404);
+
+    // The sync fails from now on: once a change has waited twice --sync-period, 503.
+    std::fs::write(&flag, "").unwrap();
+    w.slices(&watch_event(
+        "MODIFIED",
+        &slice_obj("web", &["10.77.0.8"], 13),
+    ));
+    w.wait_line("sync failed");
+    wait_for("/healthz 503", Duration::from_secs(10), || {
+        (http_get(&node, 10256, "/healthz").0 == 503).then_some(())
+    });
+    let m = http_get(&node, 10249, "/metrics").1;
+    assert!(
+        !m.contains("kubeproxy_sync_proxy_rules_nftables_sync_failures_total 0"),
+        "{m}"
+    );
+    // Repaired: the retried full sync applies the change, healthy again.
+    std::fs::remove_file(&flag).unwrap();
+    wait_for("/healthz 200 again", Duration::from_secs(10), || {
+        (http_get(&node, 10256, "/healthz").0 == 200).then_some(())
+    });
+    assert!(
+        node.ok(
+            "nft",
+            &["list", "map", "ip", "kube-proxy", "cluster-endpoints"]
+        )
+        .contains("10.77.0.8")
+    );
+    w.signal(Signal::SIGTERM);
+    assert!(w.wait_exit().success(), "{:#?}", w.seen);
 }
