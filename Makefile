@@ -56,6 +56,7 @@ bench: deps pause
 	@target/release/gen-bench --services 1000 --apply; target/release/gen-bench --services 10000; target/release/gen-bench --services 50000
 	@echo; echo "## iptables-gen: full apply by backend (one run; capped at 60 s)"; target/release/nft-bench --services 1000,3000,10000 --cap 60 --chart bench/nft-apply.svg
 	@echo; echo "## iptables-gen: data plane, new connections per second to a VIP"; target/release/dataplane-bench --services 10,10000
+	@echo; echo "## iptables-gen --watch: one endpoint change, event to applied"; target/release/watch-bench --services 10000 --changes 30
 
 ## fuzz-smoke: every cargo-fuzz target for FUZZ_SECONDS (20) each, from the seeds and saved
 ##             crashes; stable toolchain, so no sanitizer (-s none: the fuzzed crates forbid unsafe)

@@ -424,6 +424,69 @@ impl Cluster {
         ]})
     }
 
+    /// kube-proxy's job on node `i` as a running loop: `iptables-gen --watch`, fed through
+    /// two FIFOs as two `kubectl get … --watch --output-watch-events -o json` pipes would
+    /// feed it, its state in the node's state directory (so later one-shot syncs are
+    /// partial against what it applied).
+    fn start_watch(&self, i: usize) -> R<Watch> {
+        let dir = self.tmp.path();
+        let (svc, eps) = (dir.join("services.watch"), dir.join("endpointslices.watch"));
+        for f in [&svc, &eps] {
+            let o = Command::new("mkfifo")
+                .arg(f)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !o.status.success() {
+                return Err(format!("mkfifo: {}", text(&o)));
+            }
+        }
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", self.node_ns(i).display()))
+            .arg("--")
+            .arg(bin("iptables-gen"))
+            .arg("--watch")
+            .arg(&svc)
+            .arg("--watch")
+            .arg(&eps)
+            .args([
+                "--hostname-override",
+                &self.nodes[i].name,
+                "--cluster-cidr",
+                CLUSTER_CIDR,
+                "--apply",
+                "--min-sync-period",
+                "100ms",
+            ])
+            .arg("--state-dir")
+            .arg(&self.nodes[i].state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("iptables-gen --watch: {e}"))?;
+        let err = child.stderr.take().ok_or("no stderr")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let open = |p: &Path| {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map_err(|e| format!("{}: {e}", p.display()))
+        };
+        let (services, slices) = (open(&svc)?, open(&eps)?);
+        Ok(Watch {
+            child,
+            services,
+            slices,
+            lines,
+        })
+    }
+
     /// kube-proxy's job on node `i`: the selected pods as endpoints, rules applied.
     fn sync_services(&self, i: usize) -> R<String> {
         let eps: Vec<&Pod> = self
@@ -509,6 +572,68 @@ impl Cluster {
 }
 
 /// `--on-host`: what the demo changes in the caller's namespace, put back on drop.
+/// A running `iptables-gen --watch` and the write ends of its two streams.
+struct Watch {
+    child: std::process::Child,
+    services: fs::File,
+    slices: fs::File,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watch {
+    /// One watch event, printed as kubectl prints it.
+    fn send(&mut self, slices: bool, kind: &str, object: &Value) -> R<()> {
+        use std::io::Write;
+        let ev = json!({"object": object, "type": kind});
+        let mut out = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+        ev.serialize(&mut ser).map_err(|e| e.to_string())?;
+        out.push(b'\n');
+        let f = if slices {
+            &mut self.slices
+        } else {
+            &mut self.services
+        };
+        f.write_all(&out).map_err(|e| format!("watch stream: {e}"))
+    }
+
+    /// Its next stderr line containing `what`.
+    fn wait_line(&mut self, what: &str) -> R<String> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let l = self
+                .lines
+                .recv_timeout(left)
+                .map_err(|_| format!("iptables-gen --watch: no {what:?} in 30 s"))?;
+            if l.contains(what) {
+                return Ok(l.trim_start_matches("iptables-gen: ").to_string());
+            }
+        }
+    }
+
+    /// SIGTERM: it stops with success and leaves the rules in place.
+    fn stop(mut self) -> R<()> {
+        use nix::sys::signal::{Signal, kill};
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        kill(pid, Signal::SIGTERM).map_err(|e| e.to_string())?;
+        let st = self.child.wait().map_err(|e| e.to_string())?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("iptables-gen --watch exited {st}"))
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 struct HostGuard {
     ns: PathBuf,
     sysctls: Vec<(String, String)>,
@@ -927,7 +1052,20 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
     // 5. Pods come and go
     c.out.heading(
         5,
-        "Pods come and go: a replica dies, a replacement gets a new IP",
+        "Pods come and go: a replica dies, a replacement gets a new IP, the sync follows",
+    );
+    // From here kube-proxy's job runs as a loop, fed by the two watches.
+    let mut w = c.start_watch(n1)?;
+    let objs = c.services_json(&replicas.iter().collect::<Vec<_>>());
+    w.send(false, "ADDED", &objs["items"][0])?;
+    w.send(true, "ADDED", &objs["items"][1])?;
+    let bookmark = |k: &str| json!({"kind": k, "metadata": {"resourceVersion": "1"}});
+    w.send(false, "BOOKMARK", &bookmark("Service"))?;
+    w.send(true, "BOOKMARK", &bookmark("EndpointSlice"))?;
+    let first = w.wait_line("applied full sync")?;
+    c.out.cmd(
+        "(node-1) iptables-gen --watch services --watch endpointslices --apply …   # the sync loop",
+        &first,
     );
     let gone = c.delete_pod(&replicas[0].name)?;
     c.out.say(&format!(
@@ -940,9 +1078,11 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
         "replacement {} started with IP {}",
         fresh.name, fresh.ip
     ));
-    let log = c.sync_services(n1)?;
+    let objs = c.services_json(&[&replicas[1], &fresh]);
+    w.send(true, "MODIFIED", &objs["items"][1])?;
+    let log = w.wait_line("applied partial sync")?;
     c.out.cmd(
-        "(node-1) iptables-gen services.json --apply …   # partial sync",
+        "(endpointslices watch) MODIFIED my-service-7xk2p   → (node-1) by itself:",
         &log,
     );
     let t = c.tally(&client, SERVICE_IP, 8080, 20)?;
@@ -958,6 +1098,8 @@ fn steps(c: &mut Cluster, summary: &mut Summary) -> R<()> {
         && !t.contains_key(&gone.name)
         && t.values().sum::<usize>() == 20
         && log.contains("partial");
+    // SIGTERM: the loop stops cleanly, the rules stay (the next steps sync one-shot).
+    w.stop()?;
     push(
         summary,
         5,
