@@ -424,6 +424,24 @@ impl Cluster {
         ]})
     }
 
+    /// `iptables-gen` in node `i`'s namespace, applying, with its state directory.
+    fn iptables_gen(&self, i: usize) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.node_ns(i).display()))
+            .arg("--")
+            .arg(bin("iptables-gen"))
+            .args([
+                "--hostname-override",
+                &self.nodes[i].name,
+                "--cluster-cidr",
+                CLUSTER_CIDR,
+                "--apply",
+            ])
+            .arg("--state-dir")
+            .arg(&self.nodes[i].state);
+        c
+    }
+
     /// kube-proxy's job on node `i` as a running loop: `iptables-gen --watch`, fed through
     /// two FIFOs as two `kubectl get … --watch --output-watch-events -o json` pipes would
     /// feed it, its state in the node's state directory (so later one-shot syncs are
@@ -440,25 +458,13 @@ impl Cluster {
                 return Err(format!("mkfifo: {}", text(&o)));
             }
         }
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.node_ns(i).display()))
-            .arg("--")
-            .arg(bin("iptables-gen"))
+        let mut child = self
+            .iptables_gen(i)
             .arg("--watch")
             .arg(&svc)
             .arg("--watch")
             .arg(&eps)
-            .args([
-                "--hostname-override",
-                &self.nodes[i].name,
-                "--cluster-cidr",
-                CLUSTER_CIDR,
-                "--apply",
-                "--min-sync-period",
-                "100ms",
-            ])
-            .arg("--state-dir")
-            .arg(&self.nodes[i].state)
+            .args(["--min-sync-period", "100ms"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -503,21 +509,9 @@ impl Cluster {
             serde_json::to_vec_pretty(&self.services_json(&eps)).map_err(|e| e.to_string())?,
         )
         .map_err(|e| e.to_string())?;
-        let generator = bin("iptables-gen");
-        let o = Command::new("nsenter")
-            .arg(format!("--net={}", self.node_ns(i).display()))
-            .arg("--")
-            .arg(&generator)
+        let o = self
+            .iptables_gen(i)
             .arg(&input)
-            .args([
-                "--hostname-override",
-                &self.nodes[i].name,
-                "--cluster-cidr",
-                CLUSTER_CIDR,
-                "--apply",
-            ])
-            .arg("--state-dir")
-            .arg(&self.nodes[i].state)
             .output()
             .map_err(|e| e.to_string())?;
         if !o.status.success() {

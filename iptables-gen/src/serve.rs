@@ -149,46 +149,54 @@ impl Metrics {
         };
         // Counters get their `_total` suffix from the library.
         let p = "kubeproxy_sync_proxy_rules";
-        registry.register(
-            format!("{p}_duration_seconds"),
-            "SyncProxyRules latency in seconds",
-            m.sync_duration.clone(),
-        );
-        registry.register(
-            "kubeproxy_sync_full_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for full resyncs",
-            m.full_sync_duration.clone(),
-        );
-        registry.register(
-            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for partial resyncs",
-            m.partial_sync_duration.clone(),
-        );
+        for (name, help, h) in [
+            (
+                format!("{p}_duration_seconds"),
+                "SyncProxyRules latency in seconds",
+                &m.sync_duration,
+            ),
+            (
+                "kubeproxy_sync_full_proxy_rules_duration_seconds".into(),
+                "SyncProxyRules latency in seconds for full resyncs",
+                &m.full_sync_duration,
+            ),
+            (
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds".into(),
+                "SyncProxyRules latency in seconds for partial resyncs",
+                &m.partial_sync_duration,
+            ),
+        ] {
+            registry.register(name, help, h.clone());
+        }
         registry.register(
             format!("{p}_last_timestamp_seconds"),
             "The last time proxy rules were successfully synced",
             m.last_sync_timestamp.clone(),
         );
-        registry.register(
-            format!("{p}_endpoint_changes"),
-            "Cumulative proxy rules Endpoint changes",
-            m.endpoint_changes.clone(),
-        );
-        registry.register(
-            format!("{p}_service_changes"),
-            "Cumulative proxy rules Service changes",
-            m.service_changes.clone(),
-        );
-        registry.register(
-            format!("{p}_iptables_restore_failures"),
-            "Cumulative proxy iptables restore failures",
-            m.restore_failures.clone(),
-        );
-        registry.register(
-            format!("{p}_nftables_sync_failures"),
-            "Cumulative proxy nftables sync failures",
-            m.nftables_failures.clone(),
-        );
+        for (name, help, c) in [
+            (
+                "endpoint_changes",
+                "Cumulative proxy rules Endpoint changes",
+                &m.endpoint_changes,
+            ),
+            (
+                "service_changes",
+                "Cumulative proxy rules Service changes",
+                &m.service_changes,
+            ),
+            (
+                "iptables_restore_failures",
+                "Cumulative proxy iptables restore failures",
+                &m.restore_failures,
+            ),
+            (
+                "nftables_sync_failures",
+                "Cumulative proxy nftables sync failures",
+                &m.nftables_failures,
+            ),
+        ] {
+            registry.register(format!("{p}_{name}"), help, c.clone());
+        }
         registry.register(
             format!("{p}_iptables_last"),
             "Number of iptables rules written by kube-proxy in last sync",

@@ -154,6 +154,29 @@ fn node_with_pods(tag: &str, names: &[&str]) -> (Node, TempDir, Vec<String>) {
     (node, dir, ips)
 }
 
+/// [`node_with_pods`] for two backends and a client (`names`: backends first), the
+/// backends serving their names on port 80 and answering.
+fn two_backends_and_a_client(
+    tag: &str,
+    names: &[&str; 3],
+) -> (
+    Node,
+    TempDir,
+    Vec<String>,
+    [podwire_testkit::http::Server; 2],
+) {
+    let (node, dir, ips) = node_with_pods(tag, names);
+    let servers = [
+        serve(node.pod(0), dir.path(), names[0]),
+        serve(node.pod(1), dir.path(), names[1]),
+    ];
+    let client = node.pod(2);
+    wait_for("backends listening", Duration::from_secs(10), || {
+        (get(client, &ips[0], 80).is_some() && get(client, &ips[1], 80).is_some()).then_some(())
+    });
+    (node, dir, ips, servers)
+}
+
 #[test]
 fn cluster_ip_nodeport_reject_and_partial_sync() {
     cluster_ip_nodeport_reject_and_partial_sync_with(false);
@@ -169,13 +192,8 @@ fn cluster_ip_nodeport_reject_and_partial_sync_with(nft: bool) {
     require_tool("nft");
     let tag = if nft { "svcn" } else { "svc" };
     let names = ["nginx-deployment-a", "nginx-deployment-b", "client"];
-    let (node, dir, ips) = node_with_pods(tag, &names);
-    let _a = serve(node.pod(0), dir.path(), names[0]);
-    let _b = serve(node.pod(1), dir.path(), names[1]);
+    let (node, dir, ips, _servers) = two_backends_and_a_client(tag, &names);
     let client = node.pod(2);
-    wait_for("backends listening", Duration::from_secs(10), || {
-        (get(client, &ips[0], 80).is_some() && get(client, &ips[1], 80).is_some()).then_some(())
-    });
 
     let input = dir.path().join("services.json");
     let state = dir.path().join("state");
@@ -741,13 +759,8 @@ fn affinity_and_etp_local_with(nft: bool) {
     require_tool("nft");
     let tag = if nft { "affn" } else { "aff" };
     let names = ["web-a", "web-b", "client"];
-    let (node, dir, ips) = node_with_pods(tag, &names);
-    let _a = serve(node.pod(0), dir.path(), names[0]);
-    let _b = serve(node.pod(1), dir.path(), names[1]);
+    let (node, dir, ips, _servers) = two_backends_and_a_client(tag, &names);
     let client = node.pod(2);
-    wait_for("backends listening", Duration::from_secs(10), || {
-        (get(client, &ips[0], 80).is_some() && get(client, &ips[1], 80).is_some()).then_some(())
-    });
     // An outside client: a namespace on a link to the node (198.51.100.1 on the node).
     let ext = Ns::new(&format!("{tag}x"));
     ok(
@@ -1055,13 +1068,8 @@ fn watch_mode_follows_the_streams_with(nft: bool) {
     require_tool("nft");
     let tag = if nft { "wtn" } else { "wti" };
     let names = ["web-a", "web-b", "client"];
-    let (node, dir, ips) = node_with_pods(tag, &names);
-    let _a = serve(node.pod(0), dir.path(), names[0]);
-    let _b = serve(node.pod(1), dir.path(), names[1]);
+    let (node, dir, ips, _servers) = two_backends_and_a_client(tag, &names);
     let client = node.pod(2);
-    wait_for("backends listening", Duration::from_secs(10), || {
-        (get(client, &ips[0], 80).is_some() && get(client, &ips[1], 80).is_some()).then_some(())
-    });
     let (a, b) = (ips[0].as_str(), ips[1].as_str());
 
     // The initial lists, each ended by a BOOKMARK: one full sync, then traffic flows.
