@@ -154,6 +154,25 @@ fn node_with_pods(tag: &str, names: &[&str]) -> (Node, TempDir, Vec<String>) {
     (node, dir, ips)
 }
 
+/// `iptables-gen INPUT --apply` in `node` (node-1, cluster 10.77.0.0/16), which must
+/// succeed.
+fn apply_file(node: &Ns, input: &std::path::Path, nft: bool, extra: &[&str]) {
+    let mut a = vec![
+        input.to_str().unwrap(),
+        "--hostname-override",
+        "node-1",
+        "--cluster-cidr",
+        "10.77.0.0/16",
+        "--apply",
+    ];
+    if nft {
+        a.extend(["--backend", "nftables"]);
+    }
+    a.extend_from_slice(extra);
+    let o = node.run(bin("iptables-gen").to_str().unwrap(), &a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// [`node_with_pods`] for two backends and a client (`names`: backends first), the
 /// backends serving their names on port 80 and answering.
 fn two_backends_and_a_client(
@@ -788,19 +807,7 @@ fn affinity_and_etp_local_with(nft: bool) {
     let input = dir.path().join("web.json");
     let apply = |json: String| {
         std::fs::write(&input, json).unwrap();
-        let mut a = vec![
-            input.to_str().unwrap(),
-            "--hostname-override",
-            "node-1",
-            "--cluster-cidr",
-            "10.77.0.0/16",
-            "--apply",
-        ];
-        if nft {
-            a.extend(["--backend", "nftables"]);
-        }
-        let o = node.node.run(bin("iptables-gen").to_str().unwrap(), &a);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        apply_file(&node.node, &input, nft, &[]);
     };
 
     // ClientIP affinity: every request of one client lands on one backend.
@@ -1165,20 +1172,7 @@ fn watch_mode_follows_the_streams_with(nft: bool) {
         .to_string(),
     )
     .unwrap();
-    let mut args = vec![
-        input.to_str().unwrap(),
-        "--hostname-override",
-        "node-1",
-        "--cluster-cidr",
-        "10.77.0.0/16",
-        "--apply",
-        "--full",
-    ];
-    if nft {
-        args.extend(["--backend", "nftables"]);
-    }
-    let o = node.node.run(bin("iptables-gen").to_str().unwrap(), &args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    apply_file(&node.node, &input, nft, &["--full"]);
     assert_eq!(
         watched,
         snapshot(&node.node, nft),
