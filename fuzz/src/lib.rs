@@ -417,7 +417,10 @@ pub fn iptables_gen(data: &[u8]) {
         );
         assert!(l.matches('"').count() % 2 == 0, "unpaired quote: {l:?}");
         assert!(
-            !l.contains(';') || l.contains("{ type ") || l.contains("{ comment "),
+            !l.contains(';')
+                || l.contains("{ type ")
+                || l.contains("{ typeof ")
+                || l.contains("{ comment "),
             "{l:?}"
         );
         assert!(l.bytes().all(|b| (b' '..=b'~').contains(&b)), "{l:?}");
