@@ -594,14 +594,9 @@ enum Msg {
 /// (a supervisor restarts it; its first sync is full); SIGTERM or SIGINT end it with
 /// success, the rules left in place.
 fn watch_loop(cli: &Cli, syncer: &Syncer) -> Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
-    // Blocked here, before any thread starts, so only the waiting thread takes them.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
-    signals.thread_block().map_err(|e| Error::Watch {
-        reason: format!("block SIGTERM/SIGINT: {e}"),
-    })?;
+    let (tx, rx) = mpsc::channel::<Msg>();
+    // Before any other thread starts: they inherit the blocked signals.
+    take_signals(tx.clone())?;
     let health = Arc::new(Health::new(cli.sync_period.saturating_mul(2)));
     let metrics = Arc::new(Metrics::new());
     if !cli.healthz_bind_address.is_empty() {
@@ -618,90 +613,26 @@ fn watch_loop(cli: &Cli, syncer: &Syncer) -> Result<()> {
             serve::metrics(Arc::clone(&metrics)),
         )?;
     }
-    let (tx, rx) = mpsc::channel::<Msg>();
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            if let Ok(sig) = signals.wait() {
-                let _ = tx.send(Msg::Signal(sig));
-            }
-        });
-    }
-    let names: Vec<String> = cli.watch.iter().map(|p| p.display().to_string()).collect();
     for (i, path) in cli.watch.iter().enumerate() {
-        let tx = tx.clone();
-        let path = path.clone();
-        std::thread::spawn(move || {
-            let reader: Box<dyn Read + Send> = if path == Path::new("-") {
-                Box::new(std::io::stdin())
-            } else {
-                // A FIFO blocks here until its writer opens it: only this thread waits.
-                match std::fs::File::open(&path) {
-                    Ok(f) => Box::new(f),
-                    Err(e) => {
-                        let _ = tx.send(Msg::End(
-                            i,
-                            Some(Error::Io {
-                                op: "open",
-                                path: path.display().to_string(),
-                                source: e,
-                            }),
-                        ));
-                        return;
-                    }
-                }
-            };
-            let reader = std::io::BufReader::with_capacity(1 << 16, reader);
-            for ev in watch::events(reader) {
-                match ev {
-                    Ok(ev) => {
-                        if tx.send(Msg::Event(i, ev)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Msg::End(i, Some(e)));
-                        return;
-                    }
-                }
-            }
-            let _ = tx.send(Msg::End(i, None));
-        });
+        read_stream(i, path.clone(), tx.clone());
     }
     drop(tx);
-
-    let start = Instant::now();
+    let names: Vec<String> = cli.watch.iter().map(|p| p.display().to_string()).collect();
+    let mut sched = watch::Schedule::new(
+        names.len(),
+        Instant::now(),
+        cli.min_sync_period,
+        cli.sync_period,
+        cli.initial_list_quiet,
+    );
     let mut store = Store::default();
-    let mut last_event = vec![start; names.len()];
-    let mut listed = vec![false; names.len()];
-    let mut dirty = false;
-    let mut need_full = true;
-    let mut last_sync: Option<Instant> = None;
-    let mut last_full: Option<Instant> = None;
     let mut prev: Option<SyncState> = None;
     let mut warnings = Vec::new();
     loop {
         let now = Instant::now();
-        let deadline = if listed.iter().all(|l| *l) {
-            let earliest = last_sync.map_or(now, |t| t + cli.min_sync_period);
-            if dirty || need_full {
-                earliest
-            } else {
-                last_full.map_or(now, |t| t + cli.sync_period).max(earliest)
-            }
-        } else {
-            (0..names.len())
-                .filter(|&i| !listed[i])
-                .map(|i| last_event[i] + cli.initial_list_quiet)
-                .min()
-                .unwrap_or(now)
-        };
-        match rx.recv_timeout(deadline.saturating_duration_since(now)) {
+        let wait = sched.deadline(now).saturating_duration_since(now);
+        match rx.recv_timeout(wait) {
             Ok(Msg::Event(i, ev)) => {
-                last_event[i] = Instant::now();
-                if ev.kind == EventKind::Bookmark {
-                    listed[i] = true;
-                }
                 let change = store.apply(&ev, &mut warnings).map_err(|e| Error::Watch {
                     reason: format!("{}: {}", names[i], iptables_gen::error_chain(&e)),
                 })?;
@@ -714,9 +645,10 @@ fn watch_loop(cli: &Cli, syncer: &Syncer) -> Result<()> {
                     Change::None => 0,
                 };
                 if change != Change::None {
-                    dirty = true;
                     health.queued();
                 }
+                let bookmark = ev.kind == EventKind::Bookmark;
+                sched.event(i, Instant::now(), bookmark, change != Change::None);
             }
             Ok(Msg::End(i, e)) => {
                 return Err(Error::Watch {
@@ -737,39 +669,19 @@ fn watch_loop(cli: &Cli, syncer: &Syncer) -> Result<()> {
                 });
             }
         }
-        let now = Instant::now();
-        for i in 0..names.len() {
-            if !listed[i] && now >= last_event[i] + cli.initial_list_quiet {
-                listed[i] = true;
-            }
-        }
-        if !listed.iter().all(|l| *l) {
+        let started = Instant::now();
+        let Some(full) = sched.due(started) else {
             continue;
-        }
-        if last_full.is_none_or(|t| now >= t + cli.sync_period) {
-            need_full = true;
-        }
-        let due = last_sync.is_none_or(|t| now >= t + cli.min_sync_period);
-        if !(dirty || need_full) || !due {
-            continue;
-        }
-        let objs = store.objects();
-        let full = need_full;
-        dirty = false;
-        last_sync = Some(now);
-        let t0 = Instant::now();
-        match syncer.sync(&objs, prev.take(), full, false) {
+        };
+        match syncer.sync(&store.objects(), prev.take(), full, false) {
             Ok(g) => {
-                metrics.synced(full || g.full, t0.elapsed().as_secs_f64());
+                metrics.synced(full || g.full, started.elapsed().as_secs_f64());
                 if !syncer.nft {
                     metrics.count_iptables(&g.text);
                 }
                 health.updated();
+                sched.synced(started, full || g.full);
                 prev = Some(g.state);
-                need_full = false;
-                if full {
-                    last_full = Some(now);
-                }
             }
             Err(e) => {
                 if syncer.nft {
@@ -779,15 +691,69 @@ fn watch_loop(cli: &Cli, syncer: &Syncer) -> Result<()> {
                 }
                 // What should be applied is not: pending, as a change would be.
                 health.queued();
-                // Retried as a full sync after --min-sync-period.
+                sched.failed();
                 eprintln!(
                     "iptables-gen: sync failed, retrying as a full sync: {}",
                     iptables_gen::error_chain(&e)
                 );
-                need_full = true;
             }
         }
     }
+}
+
+/// SIGTERM and SIGINT, blocked in this thread (and so in every thread it starts after),
+/// are taken by a thread of their own and sent to the loop.
+fn take_signals(tx: mpsc::Sender<Msg>) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().map_err(|e| Error::Watch {
+        reason: format!("block SIGTERM/SIGINT: {e}"),
+    })?;
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            let _ = tx.send(Msg::Signal(sig));
+        }
+    });
+    Ok(())
+}
+
+/// Stream `i`'s events, read on a thread of its own (a FIFO's open waits for its writer
+/// there), then its end.
+fn read_stream(i: usize, path: PathBuf, tx: mpsc::Sender<Msg>) {
+    std::thread::spawn(move || {
+        let reader: Box<dyn Read + Send> = if path == Path::new("-") {
+            Box::new(std::io::stdin())
+        } else {
+            match std::fs::File::open(&path) {
+                Ok(f) => Box::new(f),
+                Err(e) => {
+                    let e = Error::Io {
+                        op: "open",
+                        path: path.display().to_string(),
+                        source: e,
+                    };
+                    let _ = tx.send(Msg::End(i, Some(e)));
+                    return;
+                }
+            }
+        };
+        let reader = std::io::BufReader::with_capacity(1 << 16, reader);
+        for ev in watch::events(reader) {
+            let msg = match ev {
+                Ok(ev) => Msg::Event(i, ev),
+                Err(e) => {
+                    let _ = tx.send(Msg::End(i, Some(e)));
+                    return;
+                }
+            };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Msg::End(i, None));
+    });
 }
 
 fn main() -> ExitCode {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -132,6 +133,112 @@ impl Store {
     /// (services, EndpointSlices) held.
     pub fn len(&self) -> (usize, usize) {
         (self.services.len(), self.slices.len())
+    }
+}
+
+/// When the sync loop syncs, as pure logic over instants (kube-proxy's rules): no sync
+/// before every stream is listed (a BOOKMARK, or `quiet` without an event, counted from
+/// the start for a stream that sends nothing); the first sync full; then a sync at most
+/// every `min_sync` while changes come, a full one at least every `sync_period`, and a
+/// failed one retried as full.
+#[derive(Debug)]
+pub struct Schedule {
+    min_sync: Duration,
+    sync_period: Duration,
+    quiet: Duration,
+    last_event: Vec<Instant>,
+    listed: Vec<bool>,
+    dirty: bool,
+    need_full: bool,
+    last_sync: Option<Instant>,
+    last_full: Option<Instant>,
+}
+
+impl Schedule {
+    pub fn new(
+        streams: usize,
+        start: Instant,
+        min_sync: Duration,
+        sync_period: Duration,
+        quiet: Duration,
+    ) -> Schedule {
+        Schedule {
+            min_sync,
+            sync_period,
+            quiet,
+            last_event: vec![start; streams],
+            listed: vec![false; streams],
+            dirty: false,
+            need_full: true,
+            last_sync: None,
+            last_full: None,
+        }
+    }
+
+    /// Stream `i` delivered an event at `now` (`changed`: it changed the store).
+    pub fn event(&mut self, i: usize, now: Instant, bookmark: bool, changed: bool) {
+        self.last_event[i] = now;
+        self.listed[i] |= bookmark;
+        self.dirty |= changed;
+    }
+
+    fn all_listed(&mut self, now: Instant) -> bool {
+        for (l, t) in self.listed.iter_mut().zip(&self.last_event) {
+            *l |= now >= *t + self.quiet;
+        }
+        self.listed.iter().all(|l| *l)
+    }
+
+    /// Until when the loop may wait for an event before it must look again.
+    pub fn deadline(&self, now: Instant) -> Instant {
+        if self.listed.iter().all(|l| *l) {
+            let earliest = self.last_sync.map_or(now, |t| t + self.min_sync);
+            if self.dirty || self.need_full {
+                earliest
+            } else {
+                self.last_full
+                    .map_or(now, |t| t + self.sync_period)
+                    .max(earliest)
+            }
+        } else {
+            self.last_event
+                .iter()
+                .zip(&self.listed)
+                .filter(|(_, l)| !**l)
+                .map(|(t, _)| *t + self.quiet)
+                .min()
+                .unwrap_or(now)
+        }
+    }
+
+    /// A sync is due at `now`: `Some(full)`, and it counts as started.
+    pub fn due(&mut self, now: Instant) -> Option<bool> {
+        if !self.all_listed(now) {
+            return None;
+        }
+        if self.last_full.is_none_or(|t| now >= t + self.sync_period) {
+            self.need_full = true;
+        }
+        let ready = self.last_sync.is_none_or(|t| now >= t + self.min_sync);
+        if !(self.dirty || self.need_full) || !ready {
+            return None;
+        }
+        self.dirty = false;
+        self.last_sync = Some(now);
+        Some(self.need_full)
+    }
+
+    /// The sync started at `started` succeeded.
+    pub fn synced(&mut self, started: Instant, full: bool) {
+        self.need_full = false;
+        if full {
+            self.last_full = Some(started);
+        }
+    }
+
+    /// It failed: the next one (after `min_sync`) is full.
+    pub fn failed(&mut self) {
+        self.need_full = true;
     }
 }
 
@@ -282,5 +389,48 @@ mod tests {
         for bad in ["", "s", "10", "1x", "-1s", "1s2"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_schedule_waits_for_the_lists_then_coalesces() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = Schedule::new(2, t0, ms(100), ms(10_000), ms(500));
+        s.event(0, t0 + ms(10), false, true);
+        s.event(0, t0 + ms(20), true, false);
+        // Stream 1 sent nothing: listed only once it was quiet for 500 ms from the start.
+        assert_eq!(s.due(t0 + ms(30)), None);
+        assert_eq!(s.deadline(t0 + ms(30)), t0 + ms(500));
+        assert_eq!(s.due(t0 + ms(500)), Some(true), "the first sync is full");
+        s.synced(t0 + ms(500), true);
+        // Changes within --min-sync-period wait; then one partial sync takes them all.
+        s.event(1, t0 + ms(520), false, true);
+        s.event(1, t0 + ms(540), false, true);
+        assert_eq!(s.due(t0 + ms(550)), None);
+        assert_eq!(s.deadline(t0 + ms(550)), t0 + ms(600));
+        assert_eq!(s.due(t0 + ms(600)), Some(false));
+        s.synced(t0 + ms(600), false);
+        assert_eq!(s.due(t0 + ms(700)), None, "nothing changed");
+        // A failure: the retry, after --min-sync-period, is full.
+        s.event(0, t0 + ms(710), false, true);
+        assert_eq!(s.due(t0 + ms(710)), Some(false));
+        s.failed();
+        assert_eq!(s.due(t0 + ms(760)), None);
+        assert_eq!(s.due(t0 + ms(810)), Some(true));
+        s.synced(t0 + ms(810), true);
+        // --sync-period after the last full one: full again, changes or not.
+        assert_eq!(s.deadline(t0 + ms(900)), t0 + ms(10_810));
+        assert_eq!(s.due(t0 + ms(10_810)), Some(true));
+    }
+
+    #[test]
+    fn a_bookmark_ends_a_list_at_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = Schedule::new(1, t0, ms(100), ms(10_000), Duration::from_secs(3600));
+        s.event(0, t0 + ms(1), false, true);
+        assert_eq!(s.due(t0 + ms(2)), None);
+        s.event(0, t0 + ms(3), true, false);
+        assert_eq!(s.due(t0 + ms(3)), Some(true));
     }
 }
