@@ -48,7 +48,7 @@ use crate::proxier::{self, Categorized, Endpoint, GroupModel, Policy, ServicePor
 use crate::rules::{
     Generated, ServiceState, SyncPlan, config_fingerprint, group_digest, random_seed,
 };
-use crate::{Config, Family, LocalDetector};
+use crate::{Config, Family, LocalDetector, SyncState};
 
 pub const TABLE: &str = "kube-proxy";
 
@@ -339,6 +339,7 @@ fn setup(cfg: &Config, out: &mut String, flush_elements: bool) {
 
 /// One service port's output: its chains (and affinity sets) with their rules, and its
 /// elements as `MAP { KEY[ comment "C"][ : VALUE] }`.
+#[derive(Default)]
 struct PortOut {
     chains: Vec<String>,
     sets: Vec<String>,
@@ -394,134 +395,11 @@ fn render_port(
     c: &Categorized,
     layout: Layout,
 ) -> PortOut {
-    let f = cfg.family;
-    let x = family_word(f);
-    let t = format!("{x} {TABLE}");
-    let base = service_base(sp);
-    let svc = format!("service-{base}");
-    let local = format!("local-{base}");
-    let ext = format!("external-{base}");
-    let fw = format!("firewall-{base}");
-    let spn = sp.svc_port_name();
-    let p = sp.protocol;
-    let pol = Policy::of(sp, c);
-    let has_endpoints = pol.has_endpoints;
-    let uses_cluster = pol.uses_cluster_chain;
-    let uses_local = pol.uses_local_chain;
-    let internal_chain = if pol.internal_local { &local } else { &svc };
-    let has_internal = pol.has_internal;
-    let external_policy_chain = if pol.external_local { &local } else { &svc };
-    let has_external = pol.has_external;
-    let uses_external_chain = pol.uses_external_chain;
-    let uses_fw = !sp.lb_vips.is_empty() && !sp.source_ranges.is_empty();
-    let (internal_verdict, external_verdict) = if !has_endpoints {
-        ("goto reject-chain", "goto reject-chain")
-    } else {
-        (
-            if has_internal { "" } else { "drop" },
-            if has_external { "" } else { "drop" },
-        )
-    };
-    let mut o = PortOut {
-        chains: Vec::new(),
-        sets: Vec::new(),
-        commands: String::new(),
-        elements: Vec::new(),
-        hairpin: Vec::new(),
-        selects: Vec::new(),
-    };
+    let port = Port::new(cfg, sp, eps, c, layout);
+    let mut o = PortOut::default();
+    port.elements(&mut o);
     // Without affinity, endpoints need no chains of their own (see the module comment).
-    let lean = layout == Layout::Podwire && sp.sticky_seconds.is_none();
-    let el = |o: &mut PortOut, map: &str, key: String| o.elements.push((map.to_string(), key));
-
-    // Elements (spec §2.3).
-    let cip = sp.cluster_ip;
-    el(&mut o, "cluster-ips", cip.to_string());
-    if has_internal {
-        el(
-            &mut o,
-            "service-ips",
-            format!("{cip} . {p} . {} : goto {internal_chain}", sp.port),
-        );
-    } else {
-        el(
-            &mut o,
-            "no-endpoint-services",
-            format!(
-                "{cip} . {p} . {} comment \"{spn}\" : {internal_verdict}",
-                sp.port
-            ),
-        );
-    }
-    for eip in &sp.external_ips {
-        if has_endpoints {
-            el(
-                &mut o,
-                "service-ips",
-                format!("{eip} . {p} . {} : goto {ext}", sp.port),
-            );
-        }
-        if !has_external {
-            el(
-                &mut o,
-                "no-endpoint-services",
-                format!(
-                    "{eip} . {p} . {} comment \"{spn}\" : {external_verdict}",
-                    sp.port
-                ),
-            );
-        }
-    }
-    for lb in &sp.lb_vips {
-        if has_endpoints {
-            el(
-                &mut o,
-                "service-ips",
-                format!("{lb} . {p} . {} : goto {ext}", sp.port),
-            );
-        }
-        if uses_fw {
-            el(
-                &mut o,
-                "firewall-ips",
-                format!("{lb} . {p} . {} : goto {fw}", sp.port),
-            );
-        }
-    }
-    if !has_external {
-        for lb in &sp.lb_vips {
-            el(
-                &mut o,
-                "no-endpoint-services",
-                format!(
-                    "{lb} . {p} . {} comment \"{spn}\" : {external_verdict}",
-                    sp.port
-                ),
-            );
-        }
-    }
-    if sp.node_port != 0 {
-        if has_endpoints {
-            el(
-                &mut o,
-                "service-nodeports",
-                format!("{p} . {} : goto {ext}", sp.node_port),
-            );
-        }
-        if !has_external {
-            el(
-                &mut o,
-                "no-endpoint-nodeports",
-                format!(
-                    "{p} . {} comment \"{spn}\" : {external_verdict}",
-                    sp.node_port
-                ),
-            );
-        }
-    }
-
-    // Chains (spec §2.4): declared first, then filled.
-    let ep_names: Vec<String> = if lean {
+    let ep_names: Vec<String> = if port.lean {
         Vec::new()
     } else {
         c.all_reachable
@@ -529,39 +407,187 @@ fn render_port(
             .map(|&i| endpoint_base(sp, &eps[i]))
             .collect()
     };
-    for b in &ep_names {
-        o.chains.push(format!("endpoint-{b}"));
-    }
-    if uses_cluster {
-        o.chains.push(svc.clone());
-    }
-    if uses_local {
-        o.chains.push(local.clone());
-    }
-    if uses_external_chain {
-        o.chains.push(ext.clone());
-    }
-    if uses_fw {
-        o.chains.push(fw.clone());
-    }
-    let cmd = &mut o.commands;
-    for ch in &o.chains {
-        let _ = writeln!(cmd, "add chain {t} {ch}\nflush chain {t} {ch}");
-    }
-    if has_internal {
-        if cfg.masquerade_all {
-            let _ = writeln!(
-                cmd,
-                "add rule {t} {internal_chain} {x} daddr {cip} jump mark-for-masquerade"
-            );
-        } else if let Some((_, not_local)) = detector(cfg, x) {
-            let _ = writeln!(
-                cmd,
-                "add rule {t} {internal_chain} {x} daddr {cip} {not_local} jump mark-for-masquerade"
-            );
+    port.declare_chains(&ep_names, &mut o);
+    port.masquerade_rules(&mut o.commands);
+    port.firewall_rules(&mut o.commands);
+    port.affinity_sets(&ep_names, &mut o);
+    port.selection(&mut o);
+    port.endpoint_chains(&ep_names, &mut o.commands);
+    o
+}
+
+/// One service port as the nftables backend writes it: its names and policy, and a
+/// method per part (spec §2.3, §2.4).
+struct Port<'a> {
+    cfg: &'a Config,
+    sp: &'a ServicePort,
+    eps: &'a [Endpoint],
+    c: &'a Categorized,
+    layout: Layout,
+    pol: Policy,
+    /// `ip` or `ip6`, and the table: `ip kube-proxy`.
+    x: &'static str,
+    t: String,
+    svc: String,
+    local: String,
+    ext: String,
+    fw: String,
+    /// Endpoints in the endpoint maps, not chains of their own (no affinity).
+    lean: bool,
+    uses_fw: bool,
+}
+
+impl<'a> Port<'a> {
+    fn new(
+        cfg: &'a Config,
+        sp: &'a ServicePort,
+        eps: &'a [Endpoint],
+        c: &'a Categorized,
+        layout: Layout,
+    ) -> Port<'a> {
+        let x = family_word(cfg.family);
+        let base = service_base(sp);
+        Port {
+            cfg,
+            sp,
+            eps,
+            c,
+            layout,
+            pol: Policy::of(sp, c),
+            x,
+            t: format!("{x} {TABLE}"),
+            svc: format!("service-{base}"),
+            local: format!("local-{base}"),
+            ext: format!("external-{base}"),
+            fw: format!("firewall-{base}"),
+            lean: layout == Layout::Podwire && sp.sticky_seconds.is_none(),
+            uses_fw: !sp.lb_vips.is_empty() && !sp.source_ranges.is_empty(),
         }
     }
-    if uses_external_chain {
+
+    fn internal_chain(&self) -> &str {
+        if self.pol.internal_local {
+            &self.local
+        } else {
+            &self.svc
+        }
+    }
+
+    /// Its elements of kube-proxy's maps (spec §2.3).
+    fn elements(&self, o: &mut PortOut) {
+        let (sp, pol) = (self.sp, &self.pol);
+        let (p, port, spn, ext) = (sp.protocol, sp.port, sp.svc_port_name(), &self.ext);
+        let (internal_verdict, external_verdict) = if !pol.has_endpoints {
+            ("goto reject-chain", "goto reject-chain")
+        } else {
+            (
+                if pol.has_internal { "" } else { "drop" },
+                if pol.has_external { "" } else { "drop" },
+            )
+        };
+        let mut el = |map: &str, e: String| o.elements.push((map.to_string(), e));
+        let cip = sp.cluster_ip;
+        el("cluster-ips", cip.to_string());
+        if pol.has_internal {
+            let chain = self.internal_chain();
+            el(
+                "service-ips",
+                format!("{cip} . {p} . {port} : goto {chain}"),
+            );
+        } else {
+            el(
+                "no-endpoint-services",
+                format!("{cip} . {p} . {port} comment \"{spn}\" : {internal_verdict}"),
+            );
+        }
+        for eip in &sp.external_ips {
+            if pol.has_endpoints {
+                el("service-ips", format!("{eip} . {p} . {port} : goto {ext}"));
+            }
+            if !pol.has_external {
+                el(
+                    "no-endpoint-services",
+                    format!("{eip} . {p} . {port} comment \"{spn}\" : {external_verdict}"),
+                );
+            }
+        }
+        for lb in &sp.lb_vips {
+            if pol.has_endpoints {
+                el("service-ips", format!("{lb} . {p} . {port} : goto {ext}"));
+            }
+            if self.uses_fw {
+                el(
+                    "firewall-ips",
+                    format!("{lb} . {p} . {port} : goto {}", self.fw),
+                );
+            }
+        }
+        if !pol.has_external {
+            for lb in &sp.lb_vips {
+                el(
+                    "no-endpoint-services",
+                    format!("{lb} . {p} . {port} comment \"{spn}\" : {external_verdict}"),
+                );
+            }
+        }
+        if sp.node_port != 0 {
+            let np = sp.node_port;
+            if pol.has_endpoints {
+                el("service-nodeports", format!("{p} . {np} : goto {ext}"));
+            }
+            if !pol.has_external {
+                el(
+                    "no-endpoint-nodeports",
+                    format!("{p} . {np} comment \"{spn}\" : {external_verdict}"),
+                );
+            }
+        }
+    }
+
+    /// Its chains (spec §2.4), declared (and flushed) before any is filled.
+    fn declare_chains(&self, ep_names: &[String], o: &mut PortOut) {
+        o.chains
+            .extend(ep_names.iter().map(|b| format!("endpoint-{b}")));
+        for (used, ch) in [
+            (self.pol.uses_cluster_chain, &self.svc),
+            (self.pol.uses_local_chain, &self.local),
+            (self.pol.uses_external_chain, &self.ext),
+            (self.uses_fw, &self.fw),
+        ] {
+            if used {
+                o.chains.push(ch.clone());
+            }
+        }
+        let t = &self.t;
+        for ch in &o.chains {
+            let _ = writeln!(o.commands, "add chain {t} {ch}\nflush chain {t} {ch}");
+        }
+    }
+
+    /// Masquerade marks for internal traffic from outside the pod network, and the
+    /// external chain (externalTrafficPolicy: masquerade all, or short-circuit pod and
+    /// node traffic to the cluster chain).
+    fn masquerade_rules(&self, cmd: &mut String) {
+        let (cfg, sp, pol, t, x) = (self.cfg, self.sp, &self.pol, &self.t, self.x);
+        let cip = sp.cluster_ip;
+        if pol.has_internal {
+            let chain = self.internal_chain();
+            if cfg.masquerade_all {
+                let _ = writeln!(
+                    cmd,
+                    "add rule {t} {chain} {x} daddr {cip} jump mark-for-masquerade"
+                );
+            } else if let Some((_, not_local)) = detector(cfg, x) {
+                let _ = writeln!(
+                    cmd,
+                    "add rule {t} {chain} {x} daddr {cip} {not_local} jump mark-for-masquerade"
+                );
+            }
+        }
+        if !pol.uses_external_chain {
+            return;
+        }
+        let (ext, svc) = (&self.ext, &self.svc);
         if !sp.external_policy_local {
             let _ = writeln!(cmd, "add rule {t} {ext} jump mark-for-masquerade");
         } else {
@@ -577,11 +603,19 @@ fn render_port(
                  add rule {t} {ext} fib saddr type local goto {svc} comment \"short-circuit local traffic\""
             );
         }
-        if has_external {
-            let _ = writeln!(cmd, "add rule {t} {ext} goto {external_policy_chain}");
+        if pol.has_external {
+            let policy_chain = if pol.external_local { &self.local } else { svc };
+            let _ = writeln!(cmd, "add rule {t} {ext} goto {policy_chain}");
         }
     }
-    if uses_fw {
+
+    /// LoadBalancerSourceRanges: `return` for each allowed range (and the VIPs when a
+    /// range holds the node IP), then `drop`.
+    fn firewall_rules(&self, cmd: &mut String) {
+        if !self.uses_fw {
+            return;
+        }
+        let (cfg, sp, t, x, fw) = (self.cfg, self.sp, &self.t, self.x, &self.fw);
         let mut allowed: Vec<String> = sp
             .source_ranges
             .iter()
@@ -593,107 +627,140 @@ fn render_port(
         {
             allowed.extend(sp.lb_vips.iter().map(|lb| lb.to_string()));
         }
-        if layout == Layout::KubeProxy {
+        if self.layout == Layout::KubeProxy {
             let _ = writeln!(
                 cmd,
                 "add rule {t} {fw} {x} saddr != {{ {} }} drop",
                 allowed.join(" , ")
             );
-        } else {
-            for a in &allowed {
-                let _ = writeln!(cmd, "add rule {t} {fw} {x} saddr {a} return");
-            }
-            let _ = writeln!(cmd, "add rule {t} {fw} drop");
+            return;
         }
+        for a in &allowed {
+            let _ = writeln!(cmd, "add rule {t} {fw} {x} saddr {a} return");
+        }
+        let _ = writeln!(cmd, "add rule {t} {fw} drop");
     }
-    let addr = if f == Family::V4 {
-        "ipv4_addr"
-    } else {
-        "ipv6_addr"
-    };
-    if let Some(secs) = sp.sticky_seconds {
-        for b in &ep_names {
+
+    /// ClientIP affinity: one timeout set per endpoint.
+    fn affinity_sets(&self, ep_names: &[String], o: &mut PortOut) {
+        let Some(secs) = self.sp.sticky_seconds else {
+            return;
+        };
+        let addr = if self.cfg.family == Family::V4 {
+            "ipv4_addr"
+        } else {
+            "ipv6_addr"
+        };
+        let t = &self.t;
+        for b in ep_names {
             o.sets.push(format!("affinity-{b}"));
             let _ = writeln!(
-                cmd,
+                o.commands,
                 "add set {t} affinity-{b} {{ type {addr} ; flags dynamic,timeout ; timeout {secs}s ; }}"
             );
         }
     }
-    for (chain, idx, used, which) in [
-        (&svc, &c.cluster, uses_cluster, Select::Cluster),
-        (&local, &c.local, uses_local, Select::Local),
-    ] {
-        if !used {
-            continue;
-        }
-        if lean {
-            select_elements(&mut o.elements, sp, eps, idx, &pol, which);
-            // Only an endpoint on this node (or of unknown node) can send hairpin traffic here.
-            o.hairpin.extend(
-                idx.iter()
-                    .map(|&i| &eps[i])
-                    .filter(|e| !e.remote)
-                    .map(|e| e.ip),
-            );
-            if !idx.is_empty() {
-                o.selects.push((which, idx.len()));
-                let _ = writeln!(cmd, "add rule {t} {chain} goto {}", which.chain(idx.len()));
+
+    /// How each policy chain picks an endpoint: the shared selection chain and map
+    /// elements; or (affinity, kube-proxy's layout) rules to the endpoint chains.
+    fn selection(&self, o: &mut PortOut) {
+        let (sp, eps, c, t, x) = (self.sp, self.eps, self.c, &self.t, self.x);
+        for (chain, idx, used, which) in [
+            (
+                &self.svc,
+                &c.cluster,
+                self.pol.uses_cluster_chain,
+                Select::Cluster,
+            ),
+            (
+                &self.local,
+                &c.local,
+                self.pol.uses_local_chain,
+                Select::Local,
+            ),
+        ] {
+            if !used {
+                continue;
             }
-            continue;
-        }
-        let names: Vec<String> = idx.iter().map(|&i| endpoint_base(sp, &eps[i])).collect();
-        if sp.sticky_seconds.is_some() {
-            for b in &names {
+            if self.lean {
+                select_elements(&mut o.elements, sp, eps, idx, &self.pol, which);
+                // Only an endpoint on this node (or of unknown node) can send hairpin
+                // traffic here.
+                o.hairpin.extend(
+                    idx.iter()
+                        .map(|&i| &eps[i])
+                        .filter(|e| !e.remote)
+                        .map(|e| e.ip),
+                );
+                if !idx.is_empty() {
+                    o.selects.push((which, idx.len()));
+                    let _ = writeln!(
+                        o.commands,
+                        "add rule {t} {chain} goto {}",
+                        which.chain(idx.len())
+                    );
+                }
+                continue;
+            }
+            let cmd = &mut o.commands;
+            let names: Vec<String> = idx.iter().map(|&i| endpoint_base(sp, &eps[i])).collect();
+            if sp.sticky_seconds.is_some() {
+                for b in &names {
+                    let _ = writeln!(
+                        cmd,
+                        "add rule {t} {chain} {x} saddr @affinity-{b} goto endpoint-{b}"
+                    );
+                }
+            }
+            let n = names.len();
+            if self.layout == Layout::KubeProxy {
+                let vmap: Vec<String> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| format!("{i} : goto endpoint-{b}"))
+                    .collect();
                 let _ = writeln!(
                     cmd,
-                    "add rule {t} {chain} {x} saddr @affinity-{b} goto endpoint-{b}"
+                    "add rule {t} {chain} numgen random mod {n} vmap {{ {} }}",
+                    vmap.join(" , ")
                 );
+                continue;
             }
-        }
-        let n = names.len();
-        if layout == Layout::KubeProxy {
-            let vmap: Vec<String> = names
-                .iter()
-                .enumerate()
-                .map(|(i, b)| format!("{i} : goto endpoint-{b}"))
-                .collect();
-            let _ = writeln!(
-                cmd,
-                "add rule {t} {chain} numgen random mod {n} vmap {{ {} }}",
-                vmap.join(" , ")
-            );
-            continue;
-        }
-        for (i, b) in names.iter().enumerate() {
-            if i + 1 < n {
-                let _ = writeln!(
-                    cmd,
-                    "add rule {t} {chain} numgen random mod {} == 0 goto endpoint-{b}",
-                    n - i
-                );
-            } else {
-                let _ = writeln!(cmd, "add rule {t} {chain} goto endpoint-{b}");
+            for (i, b) in names.iter().enumerate() {
+                if i + 1 < n {
+                    let _ = writeln!(
+                        cmd,
+                        "add rule {t} {chain} numgen random mod {} == 0 goto endpoint-{b}",
+                        n - i
+                    );
+                } else {
+                    let _ = writeln!(cmd, "add rule {t} {chain} goto endpoint-{b}");
+                }
             }
         }
     }
-    for (&i, b) in c.all_reachable.iter().zip(&ep_names) {
-        let e = &eps[i];
-        let ch = format!("endpoint-{b}");
-        let _ = writeln!(
-            cmd,
-            "add rule {t} {ch} {x} saddr {} jump mark-for-masquerade",
-            e.ip
-        );
-        if sp.sticky_seconds.is_some() {
+
+    /// The endpoint chains (affinity, kube-proxy's layout): hairpin masquerade, the
+    /// affinity update, the DNAT.
+    fn endpoint_chains(&self, ep_names: &[String], cmd: &mut String) {
+        let (sp, t, x, p) = (self.sp, &self.t, self.x, self.sp.protocol);
+        for (&i, b) in self.c.all_reachable.iter().zip(ep_names) {
+            let e = &self.eps[i];
+            let ch = format!("endpoint-{b}");
             let _ = writeln!(
                 cmd,
-                "add rule {t} {ch} update @affinity-{b} {{ {x} saddr }}"
+                "add rule {t} {ch} {x} saddr {} jump mark-for-masquerade",
+                e.ip
             );
+            if sp.sticky_seconds.is_some() {
+                let _ = writeln!(
+                    cmd,
+                    "add rule {t} {ch} update @affinity-{b} {{ {x} saddr }}"
+                );
+            }
+            let _ = writeln!(cmd, "add rule {t} {ch} meta l4proto {p} dnat to {}", e.addr);
         }
-        let _ = writeln!(cmd, "add rule {t} {ch} meta l4proto {p} dnat to {}", e.addr);
     }
-    o
 }
 
 /// The elements of the `which` endpoint maps for one policy chain's endpoints `idx`: for
@@ -784,8 +851,6 @@ pub fn generate_layout(cfg: &Config, objs: &Objects, plan: &SyncPlan, layout: La
     // of an older layout, never passes for this one.
     let fingerprint = config_fingerprint(cfg, false) ^ 0x6e66_7461_626c_6573 ^ LAYOUT_VERSION;
     let partial = !plan.full && prev.is_some_and(|p| p.fingerprint == fingerprint);
-    let x = family_word(cfg.family);
-    let t = format!("{x} {TABLE}");
     let mut out = Generated {
         full: !partial,
         ..Default::default()
@@ -794,58 +859,138 @@ pub fn generate_layout(cfg: &Config, objs: &Objects, plan: &SyncPlan, layout: La
     out.state.fingerprint = fingerprint;
     let mut text = String::new();
     setup(cfg, &mut text, !partial);
-    let mut deletes = Elements::default();
-    let mut adds = Elements::default();
-    let mut chains_text = String::new();
-    // Chains (and affinity sets) of the services written now; an unchanged service's are
-    // active too, but only looked at when the kernel's list must be checked against them.
-    let mut active: BTreeSet<String> = BTreeSet::new();
-    let mut key = String::new();
-    let mut seen: foldhash::HashSet<Arc<str>> = foldhash::HashSet::default();
-    // Hairpin pairs are shared by every service with that endpoint address: the set holds
-    // the union, so they are added and deleted as the union changes, never per service.
-    let mut hairpin: BTreeSet<&str> = BTreeSet::new();
-    let mut new_hairpin: BTreeSet<String> = BTreeSet::new();
-    // Element keys in use, (map, key): a second service claiming one (two NodePort
-    // services on one port) is skipped with a warning, not allowed to fail the sync. The
-    // unchanged services' keys are borrowed from the previous state, the new ones owned.
     let digests: Vec<u64> = groups.iter().map(|g| group_digest(seed, g)).collect();
-    let unchanged = |g: &proxier::Group, d: u64, key: &mut String| {
-        prev.and_then(|p| p.services.get(g.key(key)))
-            .filter(|o| partial && o.digest == d)
-    };
-    let mut taken_before: foldhash::HashSet<(&str, &str)> = foldhash::HashSet::default();
-    let mut unchanged_states: Vec<&ServiceState> = Vec::new();
-    for (g, &d) in groups.iter().zip(&digests) {
-        if let Some(o) = unchanged(g, d, &mut key) {
-            unchanged_states.push(o);
-            taken_before.extend(own_elements(o).map(|(m, el)| (m, element_key(el))));
+    let mut pass = Pass::new(cfg, layout, partial);
+    let mut key = String::new();
+    if partial {
+        for (g, &d) in groups.iter().zip(&digests) {
+            let kept = prev.and_then(|p| p.services.get(g.key(&mut key)));
+            if let Some(o) = kept.filter(|o| o.digest == d) {
+                pass.unchanged.push(o);
+                pass.taken_before
+                    .extend(own_elements(o).map(|(m, el)| (m, element_key(el))));
+            }
         }
     }
-    let mut taken: foldhash::HashSet<String> = foldhash::HashSet::default();
-    let mut changed_before: Vec<&ServiceState> = Vec::new();
+    let mut seen: foldhash::HashSet<Arc<str>> = foldhash::HashSet::default();
     for (g, &d) in groups.iter().zip(&digests) {
         let k: Arc<str> = Arc::from(g.key(&mut key));
         seen.insert(Arc::clone(&k));
         let old = prev.and_then(|p| p.services.get(&k));
         if partial {
             if let Some(o) = old.filter(|o| o.digest == d) {
-                hairpin.extend(hairpin_of(o));
+                pass.hairpin_kept.extend(hairpin_of(o));
                 out.state.services.insert(k, Arc::clone(o));
                 continue;
             }
-            // Changed: its old elements go (re-added below if still wanted).
+            // Changed: its old elements go (re-added if still wanted).
             if let Some(o) = old {
-                changed_before.push(o);
-                for (m, el) in own_elements(o) {
-                    deletes.push(m, element_key(el));
-                }
+                pass.remove(o);
             }
         }
-        let mut m: GroupModel = proxier::build_group(cfg, g);
-        out.warnings.append(&mut m.warnings);
+        let st = pass.render_group(g, d, &mut out.warnings);
+        out.written_services += 1;
+        out.state.services.insert(k, Arc::new(st));
+    }
+    // Services that are gone: their elements go (their chains become stale below).
+    if partial {
+        for (k, o) in prev.map(|p| p.services.iter()).into_iter().flatten() {
+            if !seen.contains(k) {
+                pass.remove(o);
+            }
+        }
+    }
+    if !pass.selection_chains(plan, &mut text) {
+        // A partial sync that needs a selection chain the last sync did not leave.
+        return generate_layout(
+            cfg,
+            objs,
+            &SyncPlan {
+                full: true,
+                ..plan.clone()
+            },
+            layout,
+        );
+    }
+    pass.hairpin_elements(prev);
+    pass.deletes.write("delete", &pass.t, &mut text);
+    text.push_str(&pass.chains_text);
+    pass.adds.write("add", &pass.t, &mut text);
+    out.cleanup = pass.stale(plan, &mut text, &mut out.deleted_chains);
+    out.text = text;
+    out
+}
+
+/// One sync's work, service by service: the element commands, the per-service chains'
+/// text, and what is active, taken and changed.
+struct Pass<'p> {
+    cfg: &'p Config,
+    layout: Layout,
+    partial: bool,
+    x: &'static str,
+    t: String,
+    deletes: Elements,
+    adds: Elements,
+    chains_text: String,
+    /// Chains (and affinity sets) of the services written now; an unchanged service's
+    /// are active too, but only looked at when the kernel's list must be checked.
+    active: BTreeSet<String>,
+    /// Hairpin pairs are shared by every service with that endpoint address: the set
+    /// holds the union, added and deleted as the union changes, never per service.
+    hairpin_kept: BTreeSet<&'p str>,
+    hairpin_new: BTreeSet<String>,
+    /// Element keys in use, (map, key): a second service claiming one (two NodePort
+    /// services on one port) is skipped with a warning, not allowed to fail the sync.
+    /// The unchanged services' keys are borrowed from the previous state.
+    taken_before: foldhash::HashSet<(&'p str, &'p str)>,
+    taken: foldhash::HashSet<String>,
+    unchanged: Vec<&'p ServiceState>,
+    /// Previous states of services changed or gone.
+    replaced: Vec<&'p ServiceState>,
+}
+
+impl<'p> Pass<'p> {
+    fn new(cfg: &'p Config, layout: Layout, partial: bool) -> Pass<'p> {
+        let x = family_word(cfg.family);
+        Pass {
+            cfg,
+            layout,
+            partial,
+            x,
+            t: format!("{x} {TABLE}"),
+            deletes: Elements::default(),
+            adds: Elements::default(),
+            chains_text: String::new(),
+            active: BTreeSet::new(),
+            hairpin_kept: BTreeSet::new(),
+            hairpin_new: BTreeSet::new(),
+            taken_before: foldhash::HashSet::default(),
+            taken: foldhash::HashSet::default(),
+            unchanged: Vec::new(),
+            replaced: Vec::new(),
+        }
+    }
+
+    /// A service changed or went away: its elements are deleted.
+    fn remove(&mut self, old: &'p ServiceState) {
+        self.replaced.push(old);
+        for (m, el) in own_elements(old) {
+            self.deletes.push(m, element_key(el));
+        }
+    }
+
+    /// Render one service's ports: their chains' text, their elements (unless another
+    /// service has the key), and the state to remember.
+    fn render_group(
+        &mut self,
+        g: &proxier::Group,
+        digest: u64,
+        warnings: &mut Vec<String>,
+    ) -> ServiceState {
+        let mut m: GroupModel = proxier::build_group(self.cfg, g);
+        warnings.append(&mut m.warnings);
         let mut st = ServiceState {
-            digest: d,
+            digest,
             endpoints: m.total_endpoints,
             order: m
                 .ports
@@ -859,155 +1004,146 @@ pub fn generate_layout(cfg: &Config, objs: &Objects, plan: &SyncPlan, layout: La
         for (i, sp) in m.ports.iter().enumerate() {
             let eps = m.endpoints_of(i);
             let c = categorize(sp, eps);
-            let po = render_port(cfg, sp, eps, &c, layout);
-            chains_text.push_str(&po.commands);
+            let po = render_port(self.cfg, sp, eps, &c, self.layout);
+            self.chains_text.push_str(&po.commands);
             for (map, e) in po.elements {
                 // A service's ports share one ClusterIP: one `cluster-ips` element.
                 if map == "cluster-ips" && !cluster_ips.insert(sp.cluster_ip) {
                     continue;
                 }
                 let ek = element_key(&e);
-                if taken_before.contains(&(map.as_str(), ek))
-                    || !taken.insert(format!("{map}\t{ek}"))
+                if self.taken_before.contains(&(map.as_str(), ek))
+                    || !self.taken.insert(format!("{map}\t{ek}"))
                 {
                     // Endpoint elements follow their destination's, already warned of.
                     if !map.ends_with("endpoints") {
-                        out.warnings.push(format!(
+                        warnings.push(format!(
                             "Service {}: {map} {{ {ek} }} is another service's already; skipped",
                             sp.svc_port_name(),
                         ));
                     }
                     continue;
                 }
-                adds.push(&map, &e);
+                self.adds.push(&map, &e);
                 st.elements.push(format!("{map}\t{e}"));
             }
             pairs.extend(po.hairpin);
             selects.extend(po.selects.iter().map(|&(w, n)| w.chain(n)));
-            active.extend(po.chains.iter().cloned());
-            active.extend(po.sets.iter().cloned());
+            self.active.extend(po.chains.iter().cloned());
+            self.active.extend(po.sets.iter().cloned());
             st.chains.extend(po.chains);
             st.chains.extend(po.sets);
         }
         st.elements
             .extend(pairs.iter().map(|ip| format!("{HAIRPIN}\t{ip} . {ip}")));
-        new_hairpin.extend(pairs.iter().map(|ip| format!("{ip} . {ip}")));
-        active.extend(selects.iter().cloned());
+        self.hairpin_new
+            .extend(pairs.iter().map(|ip| format!("{ip} . {ip}")));
+        self.active.extend(selects.iter().cloned());
         st.chains.extend(selects);
-        out.written_services += 1;
-        out.state.services.insert(k, Arc::new(st));
+        st
     }
-    // Services that are gone: their elements go (their chains become stale below).
-    if partial {
-        for (k, o) in prev.map(|p| p.services.iter()).into_iter().flatten() {
-            if !seen.contains(k) {
-                changed_before.push(o);
-                for (m, el) in own_elements(o) {
-                    deletes.push(m, element_key(el));
-                }
-            }
-        }
-    }
-    let now_hairpin: BTreeSet<&str> = hairpin
-        .iter()
-        .copied()
-        .chain(new_hairpin.iter().map(String::as_str))
-        .collect();
-    // Selection chains: a partial sync cannot add one (see `write_endpoint_maps`); if it
-    // needs one the last sync did not leave, it becomes a full sync.
-    let mut known: BTreeSet<String> = plan
-        .existing_chains
-        .iter()
-        .filter(|c| is_select_chain(c))
-        .cloned()
-        .collect();
-    if let Some(p) = prev {
-        for s in p.services.values() {
+
+    /// The selection chains: a full sync writes every one in use (and the preset ones)
+    /// with the endpoint maps made anew; a partial one writes none (see
+    /// `write_endpoint_maps`) and answers false when it needs one the last sync did
+    /// not leave.
+    fn selection_chains(&mut self, plan: &SyncPlan, text: &mut String) -> bool {
+        let mut known: BTreeSet<String> = plan
+            .existing_chains
+            .iter()
+            .filter(|c| is_select_chain(c))
+            .cloned()
+            .collect();
+        for s in plan.previous.iter().flat_map(|p| p.services.values()) {
             known.extend(s.chains.iter().filter(|c| is_select_chain(c)).cloned());
         }
-    }
-    if partial {
-        known.extend(preset_select());
-        if active
-            .iter()
-            .any(|c| is_select_chain(c) && !known.contains(c))
-        {
-            return generate_layout(
-                cfg,
-                objs,
-                &SyncPlan {
-                    full: true,
-                    ..plan.clone()
-                },
-                layout,
-            );
+        if self.partial {
+            known.extend(preset_select());
+            if self
+                .active
+                .iter()
+                .any(|c| is_select_chain(c) && !known.contains(c))
+            {
+                return false;
+            }
+            // They all stay: removing one is a full sync's work.
+            self.active.extend(known);
+            return true;
         }
-        // They all stay: removing one is a full sync's work.
-        active.extend(known.iter().cloned());
-    } else {
-        let wanted: BTreeSet<String> = active
+        let wanted: BTreeSet<String> = self
+            .active
             .iter()
             .filter(|c| is_select_chain(c))
             .cloned()
             .chain(preset_select())
             .collect();
-        write_select_section(&mut text, &t, x, &known, &wanted);
-        active.extend(wanted);
+        write_select_section(text, &self.t, self.x, &known, &wanted);
+        self.active.extend(wanted);
+        true
     }
-    if partial {
+
+    /// The hairpin set's elements: all of them on a full sync, the union's change on a
+    /// partial one.
+    fn hairpin_elements(&mut self, prev: Option<&SyncState>) {
+        let now: BTreeSet<&str> = self
+            .hairpin_kept
+            .iter()
+            .copied()
+            .chain(self.hairpin_new.iter().map(String::as_str))
+            .collect();
+        if !self.partial {
+            for h in &now {
+                self.adds.push(HAIRPIN, h);
+            }
+            return;
+        }
         let before: BTreeSet<&str> = prev
             .map(|p| p.services.values().flat_map(|s| hairpin_of(s)))
             .into_iter()
             .flatten()
             .collect();
-        for h in before.difference(&now_hairpin) {
-            deletes.push(HAIRPIN, h);
+        for h in before.difference(&now) {
+            self.deletes.push(HAIRPIN, h);
         }
-        for h in now_hairpin.difference(&before) {
-            adds.push(HAIRPIN, h);
-        }
-    } else {
-        for h in &now_hairpin {
-            adds.push(HAIRPIN, h);
+        for h in now.difference(&before) {
+            self.adds.push(HAIRPIN, h);
         }
     }
-    deletes.write("delete", &t, &mut text);
-    text.push_str(&chains_text);
-    adds.write("add", &t, &mut text);
-    // Stale per-service chains, selection chains and affinity sets: what the kernel, or
-    // a previous state's changed and removed services, have and this sync does not. An
-    // unchanged service keeps its chains: only the kernel's list is checked against them.
-    if !plan.existing_chains.is_empty() {
-        for o in &unchanged_states {
-            active.extend(o.chains.iter().cloned());
+
+    /// Stale per-service chains, selection chains and affinity sets: what the kernel, or
+    /// a previous state's changed and removed services, have and this sync does not.
+    /// Chains are flushed in `text` and deleted by the returned second transaction;
+    /// affinity sets are deleted there too, after the chains that update or read them
+    /// (the kernel refuses to delete a set a flushed rule of the same transaction used:
+    /// EBUSY). An unchanged service keeps its chains: only the kernel's list is checked
+    /// against them.
+    fn stale(&mut self, plan: &SyncPlan, text: &mut String, deleted: &mut Vec<String>) -> String {
+        if !plan.existing_chains.is_empty() {
+            for o in &self.unchanged {
+                self.active.extend(o.chains.iter().cloned());
+            }
         }
-    }
-    let mut stale: BTreeSet<&String> = plan.existing_chains.iter().collect();
-    let olds: Vec<&ServiceState> = if partial {
-        changed_before
-    } else {
-        prev.map(|p| p.services.values().map(|s| s.as_ref()).collect())
-            .unwrap_or_default()
-    };
-    stale.extend(olds.iter().flat_map(|s| s.chains.iter()));
-    let mut cleanup = String::new();
-    // Affinity sets go in the second transaction too, after the chains that update or
-    // read them (the kernel refuses to delete a set a flushed rule of the same
-    // transaction used: EBUSY).
-    let mut sets = String::new();
-    for c in stale.into_iter().filter(|c| !active.contains(*c)) {
-        if c.starts_with("affinity-") {
-            let _ = writeln!(sets, "delete set {t} {c}");
-        } else if is_service_chain(c) || is_select_chain(c) {
-            let _ = writeln!(text, "flush chain {t} {c}");
-            let _ = writeln!(cleanup, "delete chain {t} {c}");
-            out.deleted_chains.push(c.clone());
+        let mut stale: BTreeSet<&String> = plan.existing_chains.iter().collect();
+        if self.partial {
+            stale.extend(self.replaced.iter().flat_map(|s| s.chains.iter()));
+        } else {
+            let prev = plan.previous.iter().flat_map(|p| p.services.values());
+            stale.extend(prev.flat_map(|s| s.chains.iter()));
         }
+        let t = &self.t;
+        let (mut cleanup, mut sets) = (String::new(), String::new());
+        for c in stale.into_iter().filter(|c| !self.active.contains(*c)) {
+            if c.starts_with("affinity-") {
+                let _ = writeln!(sets, "delete set {t} {c}");
+            } else if is_service_chain(c) || is_select_chain(c) {
+                let _ = writeln!(text, "flush chain {t} {c}");
+                let _ = writeln!(cleanup, "delete chain {t} {c}");
+                deleted.push(c.clone());
+            }
+        }
+        cleanup.push_str(&sets);
+        cleanup
     }
-    cleanup.push_str(&sets);
-    out.text = text;
-    out.cleanup = cleanup;
-    out
 }
 
 /// Declare the endpoint maps. `nft` 1.0.6 cannot add a rule that reads one of them once
