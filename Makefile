@@ -48,7 +48,7 @@ demo: deps build
 ## bench: benchmarks (root); figures go to BENCHMARKS.md by hand, with the method
 bench: deps pause
 	$(CARGO) build --release -p podwire-bench
-	$(CARGO) build --release -p runtime-shim
+	$(CARGO) build --release -p runtime-shim -p iptables-gen
 	@echo "## pause"; target/release/pause-bench --pause $(PAUSE) --catatonit /usr/bin/catatonit
 	@echo; echo "## runtime-shim"; target/release/shim-bench --shim target/release/runtime-shim --pods 50 --scale 1000
 	@echo; echo "## runtime-shim routes: host-gw vs vxlan"; target/release/overlay-bench --mib 512 --runs 5
@@ -57,6 +57,7 @@ bench: deps pause
 	@echo; echo "## iptables-gen: full apply by backend (one run; capped at 60 s)"; target/release/nft-bench --services 1000,3000,10000 --cap 60 --chart bench/nft-apply.svg
 	@echo; echo "## iptables-gen: data plane, new connections per second to a VIP"; target/release/dataplane-bench --services 10,10000
 	@echo; echo "## iptables-gen --watch: one endpoint change, event to applied"; target/release/watch-bench --services 10000 --changes 30
+	@echo; echo "## iptables-gen one-shot from a kubectl List, beside json.load"; target/release/oneshot-bench --services 1000,10000,50000 --runs 3
 
 ## fuzz-smoke: every cargo-fuzz target for FUZZ_SECONDS (20) each, from the seeds and saved
 ##             crashes; stable toolchain, so no sanitizer (-s none: the fuzzed crates forbid unsafe)
