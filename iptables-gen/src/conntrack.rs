@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::model::Objects;
+use crate::model::{self, Objects};
 use crate::{Config, proxier};
 
 /// Every UDP frontend of services with at least one serving endpoint, and those
@@ -25,6 +25,18 @@ impl Frontends {
     pub fn of(cfg: &Config, objs: &Objects) -> Frontends {
         let mut f = Frontends::default();
         for g in proxier::groups(objs) {
+            // Only a Service with a UDP port has frontends here: the others are not
+            // modelled at all (a sync loop runs this after every change).
+            let udp = g.service.is_some_and(|s| {
+                s.spec
+                    .ports
+                    .iter()
+                    .flatten()
+                    .any(|p| model::parse_protocol(p.protocol.as_deref()) == Ok("udp"))
+            });
+            if !udp {
+                continue;
+            }
             let m = proxier::build_group(cfg, &g);
             for (i, sp) in m.ports.iter().enumerate() {
                 if sp.protocol != "udp" {
